@@ -1,0 +1,226 @@
+"""Fetch a task's image the way the backend is allowed to, and decode it safely.
+
+Label Studio hands tasks with image URLs that are usually relative (``/data/upload/…`` or
+``/data/local-files/?d=…``). The backend resolves them in exactly two ways:
+
+* a ``local-files`` path, when the backend shares the filesystem (``local_files_root`` set):
+  read from disk, but only when the resolved path lies inside one of ``allowed_roots``;
+* anything else: an HTTP GET to the configured Label Studio host, with the backend's own
+  API token. Absolute URLs to any other host, other schemes (``file:``, ``s3:``, ``data:``)
+  and redirects off the host are refused, so a crafted task cannot make the backend read
+  files or reach other machines (SSRF).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
+
+from ml_backend.errors import InvalidInput, UpstreamError
+
+__all__ = ["ImageFetcher", "decode_image", "label_studio_auth_header"]
+
+
+def decode_image(data: bytes, max_pixels: int) -> npt.NDArray[np.generic]:
+    """Decode PNG/JPEG/TIFF bytes into an array, refusing decompression bombs.
+
+    Returns:
+        (H, W) for grayscale (uint8 or uint16 kept as is) or (H, W, 3) uint8 RGB.
+
+    Raises:
+        InvalidInput: empty, corrupt or unsupported data, or more than ``max_pixels`` pixels.
+    """
+    if not data:
+        raise InvalidInput("image is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise InvalidInput(
+                    f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}"
+                )
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.int32)
+                if arr.min() >= 0 and arr.max() <= 65535:
+                    return arr.astype(np.uint16)
+                return arr
+            if im.mode == "L":
+                return np.asarray(im, dtype=np.uint8)
+            if im.mode == "F":
+                return np.asarray(im, dtype=np.float32)
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except InvalidInput:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InvalidInput(f"image could not be decoded: {exc}") from exc
+    except Image.DecompressionBombError as exc:
+        raise InvalidInput(f"image refused as a decompression bomb: {exc}") from exc
+
+
+def _is_jwt(token: str) -> bool:
+    return token.count(".") == 2
+
+
+@dataclass
+class _TokenState:
+    access: str | None = None
+    expires: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def label_studio_auth_header(
+    client: httpx.Client, base_url: str, token: str, state: _TokenState | None = None
+) -> dict[str, str]:
+    """The Authorization header for Label Studio's API.
+
+    A legacy token is sent as ``Token <t>``; a personal access token (a JWT refresh token)
+    is exchanged at ``/api/token/refresh`` for a short-lived access token sent as Bearer.
+    """
+    if not _is_jwt(token):
+        return {"Authorization": f"Token {token}"}
+    state = state or _TokenState()
+    with state.lock:
+        if state.access is None or time.monotonic() > state.expires:
+            resp = client.post(f"{base_url}/api/token/refresh", json={"refresh": token})
+            if resp.status_code != 200:
+                raise PermissionError(
+                    f"Label Studio refused the backend's token ({resp.status_code}); "
+                    "check --label-studio-token"
+                )
+            state.access = resp.json()["access"]
+            state.expires = time.monotonic() + 240.0  # access tokens live 5 minutes
+        return {"Authorization": f"Bearer {state.access}"}
+
+
+@dataclass
+class ImageFetcher:
+    """Resolves task image URLs under the rules in the module docstring.
+
+    Args:
+        label_studio_url: base URL of the one Label Studio host images may come from.
+        token: API token for that host (legacy or personal access token); may be None when
+            every image is a local file.
+        local_files_root: Label Studio's ``LOCAL_FILES_DOCUMENT_ROOT`` when the backend
+            shares the filesystem, else None.
+        allowed_roots: directories local files must resolve inside (defaults to
+            ``[local_files_root]``).
+        max_bytes: largest image download/file accepted.
+        max_pixels: largest decoded image accepted.
+        timeout_s: HTTP timeout for one image.
+    """
+
+    label_studio_url: str | None
+    token: str | None = None
+    local_files_root: Path | None = None
+    allowed_roots: list[Path] = field(default_factory=list)
+    max_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 8192 * 8192
+    timeout_s: float = 30.0
+    _token_state: _TokenState = field(default_factory=_TokenState, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.label_studio_url:
+            self.label_studio_url = self.label_studio_url.rstrip("/")
+        roots = self.allowed_roots or ([self.local_files_root] if self.local_files_root else [])
+        self.allowed_roots = [Path(r).resolve() for r in roots]
+
+    # -- public -----------------------------------------------------------------------
+    def fetch(self, url: str) -> npt.NDArray[np.generic]:
+        """Return the decoded image for a task URL (see ``decode_image`` for the layout)."""
+        return decode_image(self.fetch_bytes(url), self.max_pixels)
+
+    def fetch_bytes(self, url: str) -> bytes:
+        if not isinstance(url, str) or not url.strip():
+            raise InvalidInput("task has no image URL")
+        url = url.strip()
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme in ("", "http", "https") and parsed.path.startswith("/data/local-files"):
+            local = self._local_path(parsed)
+            if local is not None:
+                return self._read_local(local)
+        if parsed.scheme in ("http", "https"):
+            if not self._same_host(parsed):
+                raise InvalidInput(
+                    f"image URL host {parsed.netloc!r} is not the configured Label Studio "
+                    "host; the backend only fetches from there"
+                )
+            return self._http_get(url)
+        if parsed.scheme == "" and url.startswith("/"):
+            if not self.label_studio_url:
+                raise InvalidInput("relative image URL but no Label Studio URL configured")
+            return self._http_get(self.label_studio_url + url)
+        raise InvalidInput(
+            f"unsupported image URL {url[:80]!r}: expected a Label Studio /data/ URL"
+        )
+
+    # -- helpers ----------------------------------------------------------------------
+    def _same_host(self, parsed: urllib.parse.ParseResult) -> bool:
+        if not self.label_studio_url:
+            return False
+        base = urllib.parse.urlparse(self.label_studio_url)
+        return (parsed.scheme, parsed.hostname, parsed.port or _default_port(parsed.scheme)) == (
+            base.scheme,
+            base.hostname,
+            base.port or _default_port(base.scheme),
+        )
+
+    def _local_path(self, parsed: urllib.parse.ParseResult) -> Path | None:
+        if self.local_files_root is None:
+            return None
+        query = urllib.parse.parse_qs(parsed.query)
+        rel = (query.get("d") or [""])[0]
+        if not rel:
+            raise InvalidInput("local-files URL has no ?d= path")
+        candidate = (Path(self.local_files_root) / rel).resolve()
+        if not any(candidate.is_relative_to(root) for root in self.allowed_roots):
+            raise InvalidInput(f"local file {rel!r} lies outside the allowed roots")
+        return candidate
+
+    def _read_local(self, path: Path) -> bytes:
+        if not path.is_file():
+            raise InvalidInput(f"local file not found: {path.name}")
+        if path.stat().st_size > self.max_bytes:
+            raise InvalidInput(f"image file is larger than {self.max_bytes} bytes")
+        return path.read_bytes()
+
+    def _http_get(self, url: str) -> bytes:
+        with httpx.Client(timeout=self.timeout_s, follow_redirects=False) as client:
+            headers = {}
+            if self.token and self.label_studio_url:
+                headers = label_studio_auth_header(
+                    client, self.label_studio_url, self.token, self._token_state
+                )
+            try:
+                with client.stream("GET", url, headers=headers) as resp:
+                    if resp.status_code in (401, 403):
+                        raise InvalidInput(
+                            f"Label Studio refused the image ({resp.status_code}); "
+                            "the backend's token lacks access"
+                        )
+                    if resp.status_code >= 500:
+                        raise UpstreamError(f"Label Studio answered {resp.status_code}")
+                    if resp.status_code != 200:
+                        raise InvalidInput(f"image fetch failed with HTTP {resp.status_code}")
+                    chunks: list[bytes] = []
+                    total = 0
+                    for chunk in resp.iter_bytes():
+                        total += len(chunk)
+                        if total > self.max_bytes:
+                            raise InvalidInput(f"image is larger than {self.max_bytes} bytes")
+                        chunks.append(chunk)
+            except httpx.HTTPError as exc:
+                raise UpstreamError(f"image could not be fetched from Label Studio: {exc}") from exc
+        return b"".join(chunks)
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80

@@ -1,0 +1,159 @@
+"""What the backend needs from a Label Studio labeling config, and the regions it answers.
+
+The config must have an ``<Image>``, a ``<RectangleLabels>`` (the volunteer's box prompt) and
+a ``<BrushLabels>`` (where the mask goes), both pointing at the image. Parsing is done with
+``defusedxml`` because the XML arrives from the network.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from defusedxml import ElementTree
+
+from ml_backend.errors import InvalidInput
+
+__all__ = ["BoxPrompt", "LabelingConfig", "box_prompt_from_context", "parse_label_config"]
+
+
+@dataclass(frozen=True)
+class LabelingConfig:
+    """The names the backend reads from a labeling config.
+
+    Attributes:
+        image_name: ``name`` of the ``<Image>`` tag (the ``to_name`` of results).
+        image_key: task data key the image URL lives under (``value="$image"`` → ``"image"``).
+        brush_name: ``name`` of the ``<BrushLabels>`` control (``from_name`` of the mask).
+        brush_labels: label values the brush control accepts.
+        box_name: ``name`` of the ``<RectangleLabels>`` control, or None.
+    """
+
+    image_name: str
+    image_key: str
+    brush_name: str
+    brush_labels: tuple[str, ...]
+    box_name: str | None
+
+
+@dataclass(frozen=True)
+class BoxPrompt:
+    """A volunteer's rectangle, converted to pixels of the image as Label Studio shows it.
+
+    Attributes:
+        box_xyxy: (x0, y0, x1, y1) in pixels of the original image, floats.
+        label: the label the volunteer chose for the box.
+    """
+
+    box_xyxy: tuple[float, float, float, float]
+    label: str
+
+
+@functools.lru_cache(maxsize=64)
+def parse_label_config(xml: str) -> LabelingConfig:
+    """Find the image, brush and rectangle controls in a labeling config.
+
+    Raises:
+        InvalidInput: the XML is malformed or lacks an Image + BrushLabels pair.
+    """
+    if not xml or not xml.strip():
+        raise InvalidInput("label_config is empty")
+    try:
+        root = ElementTree.fromstring(xml)
+    except Exception as exc:  # defusedxml raises several types for hostile or broken XML
+        raise InvalidInput(f"label_config is not valid XML: {exc}") from exc
+    images = {el.get("name"): el.get("value", "") for el in root.iter("Image")}
+    if not images:
+        raise InvalidInput("label_config has no <Image> tag")
+    brushes = list(root.iter("BrushLabels"))
+    if not brushes:
+        raise InvalidInput("label_config has no <BrushLabels> control for the mask")
+    brush = brushes[0]
+    to_name = brush.get("toName", "")
+    if to_name not in images:
+        raise InvalidInput(f"<BrushLabels toName={to_name!r}> names no <Image>")
+    value = images[to_name] or ""
+    if not value.startswith("$"):
+        raise InvalidInput(f"<Image name={to_name!r}> value must be '$key', got {value!r}")
+    labels = tuple(lab.get("value", "") for lab in brush.iter("Label"))
+    rect = next(
+        (el for el in root.iter("RectangleLabels") if el.get("toName") == to_name),
+        None,
+    )
+    return LabelingConfig(
+        image_name=to_name,
+        image_key=value[1:],
+        brush_name=brush.get("name", ""),
+        brush_labels=labels,
+        box_name=rect.get("name") if rect is not None else None,
+    )
+
+
+def _number(value: dict[str, Any], key: str) -> float:
+    raw = value.get(key)
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise InvalidInput(f"rectangle value {key!r} must be a number, got {raw!r}")
+    return float(raw)
+
+
+def box_prompt_from_context(
+    context: dict[str, Any] | None, config: LabelingConfig, width: int, height: int
+) -> BoxPrompt | None:
+    """Turn the interactive context Label Studio sends into a pixel box.
+
+    Label Studio gives the rectangle in percent of the original image (x, y, width, height);
+    the box becomes pixels of the ``width`` × ``height`` image we fetched. The last
+    rectangle in the context wins (the one the volunteer just drew).
+
+    Returns:
+        None when the context carries no rectangle (a batch prediction request).
+
+    Raises:
+        InvalidInput: rotated, zero-area or out-of-image box; a label the brush lacks.
+    """
+    if not context:
+        return None
+    results = context.get("result")
+    if not isinstance(results, list):
+        raise InvalidInput("context.result must be a list of regions")
+    rects = [
+        r
+        for r in results
+        if isinstance(r, dict) and r.get("type") == "rectanglelabels" and r.get("value")
+    ]
+    if not rects:
+        if results:
+            kinds = sorted({str(r.get("type")) for r in results if isinstance(r, dict)})
+            raise InvalidInput(f"only rectangle prompts are supported, got {kinds}")
+        return None
+    region = rects[-1]
+    value = region["value"]
+    if not isinstance(value, dict):
+        raise InvalidInput("rectangle value must be an object")
+    if abs(float(value.get("rotation") or 0.0)) > 1e-6:
+        raise InvalidInput("rotated rectangles are not supported; draw an axis-aligned box")
+    x, y = _number(value, "x"), _number(value, "y")
+    w, h = _number(value, "width"), _number(value, "height")
+    if w <= 0 or h <= 0:
+        raise InvalidInput(f"box has zero or negative area (width={w}%, height={h}%)")
+    tol = 0.5  # percent; the UI can round a box drawn to the very edge slightly past it
+    if x < -tol or y < -tol or x + w > 100 + tol or y + h > 100 + tol:
+        raise InvalidInput(f"box lies outside the image: x={x}%, y={y}%, width={w}%, height={h}%")
+    labels = value.get("rectanglelabels") or []
+    if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
+        raise InvalidInput("the rectangle carries no label; choose a label before drawing")
+    label = labels[0]
+    if config.brush_labels and label not in config.brush_labels:
+        raise InvalidInput(
+            f"unknown label {label!r}: the brush control offers {list(config.brush_labels)}"
+        )
+    x0 = max(0.0, x) / 100.0 * width
+    y0 = max(0.0, y) / 100.0 * height
+    x1 = min(100.0, x + w) / 100.0 * width
+    y1 = min(100.0, y + h) / 100.0 * height
+    if x1 - x0 < 1.0 or y1 - y0 < 1.0:
+        raise InvalidInput(
+            f"box is smaller than one pixel of the {width}x{height} image; draw a larger box"
+        )
+    return BoxPrompt(box_xyxy=(x0, y0, x1, y1), label=label)
