@@ -187,7 +187,7 @@ def _e_step(
     llr_fg = np.log(p) - np.log1p(-q)
     llr_bg = np.log1p(-p) - np.log(q)
     contrib = np.where(e_vote, llr_fg[e_ann], llr_bg[e_ann])
-    logit = np.bincount(e_row, weights=contrib, minlength=rows.counts.size)
+    logit = np.bincount(e_row, weights=contrib, minlength=rows.counts.size).astype(np.float64)
     g = prior[rows.task]
     logit += np.log(g) - np.log1p(-g)
     # exp overflow for very confident rows gives 1/(1+inf) = 0, the correct limit.
@@ -211,7 +211,8 @@ class CrowdStaple:
            background would otherwise push every specificity to ≈1 and make a single
            foreground vote decisive. Parameters then mean "where the crowd disagrees".
         3. Gold tasks: the posterior is clamped to the gold mask.
-        4. Initialise the posterior with the vote fraction; alternate the M-step (annotator
+        4. Initialise the posterior with the vote fraction (with gold tasks: with the
+           E-step under the rates measured on the gold tasks); alternate the M-step (annotator
            p, q with a weak Beta prior, per-task prior g_t) and the E-step (posterior of
            the free rows) until no p, q or g changes by more than ``tol``.
         5. Guard: if annotators holding most of the votes have ``p + q < 1`` (label
@@ -321,6 +322,19 @@ class CrowdStaple:
         p = np.full(n_ann, init[0])
         q = np.full(n_ann, init[1])
         prior = np.full(n_tasks, 0.5)
+        if is_gold.any():
+            # Start from the rates measured on the gold tasks: this pins the orientation
+            # of the solution when a majority of the crowd is wrong in the same way.
+            gold_p, gold_q, _ = _m_step(
+                rows, estimate & is_gold, w, n_ann, n_tasks, init, self.pseudo_count
+            )
+            prior_0 = np.clip(
+                np.bincount(rows.task, weights=rows.counts * rows.mean_vote, minlength=n_tasks)
+                / np.bincount(rows.task, weights=rows.counts, minlength=n_tasks),
+                _EPS,
+                1 - _EPS,
+            )
+            w = np.where(free, _e_step(rows, free, gold_p, gold_q, prior_0), fixed)
         converged, n_iter = False, 0
         for n_iter in range(1, self.max_iter + 1):
             new_p, new_q, new_prior = _m_step(

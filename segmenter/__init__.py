@@ -1,0 +1,1 @@
+"""segmenter engine of medcrowd (its issue is open; nothing here yet)."""

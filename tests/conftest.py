@@ -1,0 +1,121 @@
+"""Shared fixtures: real data, a real Label Studio, the real backend over HTTP.
+
+Label Studio is started once per test session (first start runs migrations, ~1 min on two
+cores) in a temporary directory, through the same ``LabelStudioProcess`` that ``medcrowd up``
+uses. The ML backend runs in this process under uvicorn on a free loopback port with HTTP
+Basic auth, serving the real LiteMedSAM predictor.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import shared_data_dir
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = shared_data_dir()
+    if not (root / "sammed2d_demo").is_dir():
+        pytest.skip(f"shared data not found at {root} (set MEDCROWD_SHARED_DATA)")
+    return root
+
+
+# -- Label Studio -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StudioHandle:
+    url: str
+    token: str
+    email: str
+    password: str
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioHandle]:
+    from medcrowd.embedded import LabelStudioProcess, free_port
+
+    reuse_url = os.environ.get("MEDCROWD_TEST_LS_URL")
+    if reuse_url:  # development only: point the suite at a Label Studio already running
+        yield StudioHandle(reuse_url, os.environ["MEDCROWD_TEST_LS_TOKEN"], "", "")
+        return
+    data_dir = tmp_path_factory.mktemp("label-studio")
+    proc = LabelStudioProcess(
+        data_dir=data_dir,
+        email="admin@example.com",
+        password=secrets.token_urlsafe(12),
+        token=secrets.token_hex(20),
+        port=free_port(),
+    )
+    proc.start()
+    try:
+        yield StudioHandle(proc.url, proc.token, proc.email, proc.password)
+    finally:
+        proc.stop()
+
+
+# -- the backend over HTTP ------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def litemedsam(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The real LiteMedSAM predictor, built once per session (ONNX export into a tmp dir)."""
+    from ml_backend import get_predictor
+
+    cache_dir = tmp_path_factory.mktemp("model-cache")
+    return get_predictor("litemedsam", device="cpu", cache_dir=cache_dir)
+
+
+@dataclass
+class BackendHandle:
+    url: str
+    auth: tuple[str, str]
+    app: Any
+
+
+class _ThreadedServer:
+    def __init__(self, app: Any, port: int) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> _ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise TimeoutError("backend did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def backend(label_studio: StudioHandle, litemedsam: Any) -> Iterator[BackendHandle]:
+    from medcrowd.embedded import free_port
+    from ml_backend.server import BackendConfig, create_app
+
+    port = free_port()
+    auth = ("labelstudio", secrets.token_urlsafe(16))
+    config = BackendConfig(
+        host="127.0.0.1",
+        port=port,
+        basic_auth=auth,
+        label_studio_url=label_studio.url,
+        label_studio_token=label_studio.token,
+    )
+    app = create_app(config, predictor=litemedsam)
+    with _ThreadedServer(app, port):
+        yield BackendHandle(f"http://127.0.0.1:{port}", auth, app)

@@ -1,0 +1,163 @@
+"""CrowdStaple: planted reliabilities, gold clamping, inversion guard, validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusion import CrowdStaple, MajorityVote, dice
+
+
+def _disk(rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    yy, xx = np.ogrid[:size, :size]
+    cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+    r = rng.integers(size // 8, size // 4)
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+
+
+def _crowd(
+    seed: int, n_tasks: int, flip: dict[str, float], per_task: int
+) -> tuple[list[np.ndarray], list[list[str]], list[np.ndarray]]:
+    """Sparse crowd: each task is labelled by ``per_task`` annotators chosen at random;
+    annotator a flips each pixel with probability flip[a] (0.5 = spammer)."""
+    rng = np.random.default_rng(seed)
+    names = list(flip)
+    tasks, anns, truths = [], [], []
+    for _ in range(n_tasks):
+        truth = _disk(rng)
+        chosen = [names[i] for i in rng.choice(len(names), per_task, replace=False)]
+        tasks.append(np.stack([truth ^ (rng.random(truth.shape) < flip[a]) for a in chosen]))
+        anns.append(chosen)
+        truths.append(truth)
+    return tasks, anns, truths
+
+
+@pytest.mark.parametrize("disagreement_only", [True, False])
+def test_recovers_planted_reliabilities(disagreement_only: bool) -> None:
+    flip = {"g1": 0.02, "g2": 0.05, "g3": 0.08, "m1": 0.2, "s1": 0.5, "s2": 0.5}
+    tasks, anns, truths = _crowd(0, 60, flip, per_task=4)
+    result = CrowdStaple(disagreement_only=disagreement_only).fit_predict(tasks, anns)
+    rel = result.reliability
+    assert set(rel) == set(flip)
+    assert all(0.0 <= v <= 1.0 for v in rel.values())
+    assert min(rel["g1"], rel["g2"], rel["g3"]) > rel["m1"] > max(rel["s1"], rel["s2"])
+    assert rel["g1"] > 0.8 and max(rel["s1"], rel["s2"]) < 0.15
+    assert result.fallback is None
+    crowd_dice = np.mean([dice(m, t) for m, t in zip(result.masks, truths, strict=True)])
+    mv_dice = np.mean(
+        [dice(MajorityVote().fit_predict(m).mask, t) for m, t in zip(tasks, truths, strict=True)]
+    )
+    assert crowd_dice > mv_dice
+
+
+def test_rates_exposed_and_consistent() -> None:
+    tasks, anns, _ = _crowd(1, 20, {"a": 0.05, "b": 0.05, "c": 0.5}, per_task=3)
+    algo = CrowdStaple()
+    result = algo.fit_predict(tasks, anns)
+    for i, a in enumerate(algo.annotators_):
+        assert result.sensitivity[a] == pytest.approx(algo.sensitivity_[i])
+        expected = max(0.0, result.sensitivity[a] + result.specificity[a] - 1)
+        assert result.reliability[a] == pytest.approx(expected)
+    assert len(result.masks) == len(result.probabilities) == 20
+    assert algo.task_prior_.shape == (20,)
+
+
+def test_unanimous_voxels_are_decided_directly() -> None:
+    tasks, anns, _ = _crowd(2, 10, {"a": 0.1, "b": 0.1, "c": 0.1}, per_task=3)
+    result = CrowdStaple(disagreement_only=True).fit_predict(tasks, anns)
+    for task, mask in zip(tasks, result.masks, strict=True):
+        assert (mask[task.all(axis=0)]).all()
+        assert not (mask[(~task).all(axis=0)]).any()
+
+
+def _adversarial_crowd(seed: int) -> tuple[list[np.ndarray], list[list[str]], list[np.ndarray]]:
+    """Two good annotators and three who submit the complement of the truth."""
+    rng = np.random.default_rng(seed)
+    tasks, anns, truths = [], [], []
+    for _ in range(20):
+        truth = _disk(rng)
+        good = [truth ^ (rng.random(truth.shape) < 0.03) for _ in range(2)]
+        bad = [~truth ^ (rng.random(truth.shape) < 0.03) for _ in range(3)]
+        tasks.append(np.stack(good + bad))
+        anns.append(["g1", "g2", "x1", "x2", "x3"])
+        truths.append(truth)
+    return tasks, anns, truths
+
+
+def test_gold_clamps_truth_and_fixes_orientation() -> None:
+    # Without gold the inverted majority wins; gold tasks pin the orientation, so EM
+    # learns that x1..x3 flip their labels (guard off to see the EM solution itself).
+    tasks, anns, truths = _adversarial_crowd(3)
+    gold = {0: truths[0], 1: truths[1]}
+    with_gold = CrowdStaple(guard=False).fit_predict(tasks, anns, gold=gold)
+    without = CrowdStaple(guard=False).fit_predict(tasks, anns)
+    for t in gold:
+        np.testing.assert_array_equal(with_gold.masks[t], truths[t])
+        assert (with_gold.probabilities[t] == truths[t]).all()
+    d_gold = np.mean([dice(with_gold.masks[t], truths[t]) for t in range(2, 20)])
+    d_none = np.mean([dice(without.masks[t], truths[t]) for t in range(2, 20)])
+    assert d_gold > 0.9 > 0.5 > d_none
+    assert with_gold.sensitivity["x1"] + with_gold.specificity["x1"] < 0.5
+
+
+def test_inversion_guard_triggers_on_adversarial_crowd() -> None:
+    tasks, anns, truths = _adversarial_crowd(4)
+    gold = {0: truths[0], 1: truths[1]}
+    result = CrowdStaple().fit_predict(tasks, anns, gold=gold)
+    assert result.fallback is not None and "inversion" in result.fallback
+    fused = np.mean([dice(m, t) for m, t in zip(result.masks[2:], truths[2:], strict=True)])
+    mv = np.mean(
+        [dice(MajorityVote().fit_predict(m).mask, t) for m, t in zip(tasks[2:], truths[2:], strict=True)]
+    )
+    # weighted vote with gold-Dice weights follows the good raters; majority vote is inverted
+    assert fused > 0.6 and mv < 0.2
+    assert result.reliability["g1"] > result.reliability["x1"]
+    unguarded = CrowdStaple(guard=False).fit_predict(tasks, anns, gold=gold)
+    assert unguarded.fallback is None
+
+
+def test_degenerate_guard_triggers() -> None:
+    # Most annotators paint everything; without gold EM explains the crowd by an
+    # all-foreground truth, which the guard rejects.
+    rng = np.random.default_rng(5)
+    tasks, anns = [], []
+    for _ in range(10):
+        truth = _disk(rng)
+        full = np.ones_like(truth)
+        tasks.append(np.stack([truth, full, full, truth, truth]))
+        anns.append(["a", "f1", "f2", "b", "c"])
+    result = CrowdStaple(disagreement_only=False).fit_predict(tasks, anns)
+    mv = [MajorityVote().fit_predict(m).mask for m in tasks]
+    if result.fallback is not None:
+        assert "degenerate" in result.fallback or "inversion" in result.fallback
+        for fused, vote in zip(result.masks, mv, strict=True):
+            np.testing.assert_array_equal(fused, vote)
+    else:
+        assert not all(m.all() for m in result.masks)
+
+
+def test_one_rater_tasks_and_3d() -> None:
+    rng = np.random.default_rng(6)
+    vol = rng.random((1, 3, 5, 5)) < 0.3
+    tasks = [vol, np.concatenate([vol, vol])]
+    result = CrowdStaple().fit_predict(tasks, [["a"], ["a", "b"]])
+    np.testing.assert_array_equal(result.masks[0], vol[0])
+    np.testing.assert_array_equal(result.masks[1], vol[0])
+
+
+def test_validation_errors() -> None:
+    m = np.zeros((2, 4, 4), bool)
+    with pytest.raises(ValueError):
+        CrowdStaple().fit_predict([], [])
+    with pytest.raises(ValueError):
+        CrowdStaple().fit_predict([m], [["a"]])
+    with pytest.raises(ValueError):
+        CrowdStaple().fit_predict([m], [["a", "a"]])
+    with pytest.raises(ValueError):
+        CrowdStaple().fit_predict([m], [["a", "b"]], gold={1: m[0]})
+    with pytest.raises(ValueError):
+        CrowdStaple().fit_predict([m], [["a", "b"]], gold={0: np.zeros((3, 3), bool)})
+    with pytest.raises(ValueError):
+        CrowdStaple().fit_predict([np.zeros((4, 4), bool)], [["a"]])
+    with pytest.raises(ValueError):
+        CrowdStaple(init_sensitivity=1.0)
