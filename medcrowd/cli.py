@@ -64,8 +64,13 @@ def up(
         device=device,
         wait=wait,
     )
+    from label_studio_sdk.core.api_error import ApiError
+
     try:
         code = run_up(opts, say=console.print)
+    except ApiError as exc:
+        err.print(f"[red]error:[/red] Label Studio answered {exc.status_code}: {exc.body}")
+        raise typer.Exit(1) from None
     except (FileNotFoundError, TimeoutError, RuntimeError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

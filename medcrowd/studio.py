@@ -184,7 +184,10 @@ class Studio:
         ]
         if existing:
             ml_id = int(existing[0].id)
-            self.client.ml.update(ml_id, url=backend_url, is_interactive=True, **auth)
+            # Label Studio 1.23.2 re-runs /setup on update and needs the project in the body.
+            self.client.ml.update(
+                ml_id, url=backend_url, project=project_id, is_interactive=True, **auth
+            )
         else:
             ml = self.client.ml.create(
                 url=backend_url, project=project_id, is_interactive=True, title=title, **auth
