@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -157,6 +157,181 @@ def backend_serve(
     except (ValueError, ModelUnavailable) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+
+
+# -- commands that talk to a Label Studio -------------------------------------------------
+UrlOpt = Annotated[
+    str,
+    typer.Option("--url", help="Label Studio base URL.", envvar="MEDCROWD_URL"),
+]
+TokenOpt = Annotated[
+    str,
+    typer.Option(
+        "--token", help="Label Studio API token.", envvar="MEDCROWD_TOKEN", show_default=False
+    ),
+]
+ProjectOpt = Annotated[str, typer.Option("--project", help="Project id or exact title.")]
+
+
+def _studio(url: str, token: str) -> Any:
+    from medcrowd.studio import Studio
+
+    studio = Studio(url, token)
+    if not studio.healthy():
+        err.print(f"[red]error:[/red] no Label Studio answers at {url}")
+        raise typer.Exit(1)
+    return studio
+
+
+def _project_id(studio: Any, project: str) -> int:
+    if project.isdigit():
+        return int(project)
+    found = studio.find_project(project)
+    if found is None:
+        err.print(f"[red]error:[/red] no project titled {project!r}")
+        raise typer.Exit(1)
+    return int(found)
+
+
+def _progress(description: str) -> Any:
+    from rich.progress import track
+
+    def wrap(items: Any, total: int) -> Any:
+        return track(items, total=total, description=description, console=err)
+
+    return wrap
+
+
+@app.command()
+def pull(
+    out: Annotated[Path, typer.Argument(help="Dataset folder (created or updated).")],
+    project: ProjectOpt,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    token: TokenOpt = "",
+) -> None:
+    """Export new annotations (per-annotator masks, gold, manifest) into a dataset folder.
+
+    Incremental and resumable: only annotations not yet in the folder are written, and a
+    killed pull loses and duplicates nothing. Label Studio is only read.
+    """
+    from medcrowd.sync import pull as do_pull
+
+    studio = _studio(url, token)
+    pid = _project_id(studio, project)
+
+    def on_record(rec: Any) -> None:
+        err.print(f"pulled task {rec.task} annotation {rec.annotation}", highlight=False)
+
+    try:
+        report = do_pull(studio, pid, out, on_record=on_record, progress=_progress("pull"))
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"{report.new} new annotations from {report.tasks} tasks ({report.unchanged} already "
+        f"pulled, {report.box_only} without a brush mask, {report.failed} unreadable) → {out}"
+    )
+
+
+@app.command()
+def fuse(
+    dataset: Annotated[Path, typer.Argument(help="A folder written by medcrowd pull.")],
+    method: Annotated[
+        str, typer.Option(help="crowd-staple | staple | weighted | majority.")
+    ] = "crowd-staple",
+    min_annotators: Annotated[int, typer.Option(help="Flag tasks with fewer.")] = 2,
+    min_agreement: Annotated[
+        float, typer.Option(help="Flag tasks whose mean pairwise Dice is lower.")
+    ] = 0.6,
+) -> None:
+    """Fuse the crowd's masks per task; write masks, reliability and flagged tasks."""
+    from medcrowd.fuse import FuseOptions, fuse_dataset
+
+    try:
+        report = fuse_dataset(
+            dataset,
+            FuseOptions(method=method, min_annotators=min_annotators, min_agreement=min_agreement),
+            progress=_progress("fuse"),
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    note = f"; guard fell back: {report.fallback}" if report.fallback else ""
+    console.print(
+        f"{report.tasks} tasks fused with {method} ({report.flagged} flagged, "
+        f"{report.annotators} annotators) → {report.out}{note}"
+    )
+
+
+@app.command()
+def push(
+    dataset: Annotated[Path, typer.Argument(help="A pulled dataset that has been fused.")],
+    method: Annotated[str, typer.Option(help="Which fused-<method> folder to push.")] = (
+        "crowd-staple"
+    ),
+    url: UrlOpt = "http://127.0.0.1:8080",
+    token: TokenOpt = "",
+) -> None:
+    """Send fused masks back as predictions 'consensus-<method>'; annotations are untouched."""
+    from medcrowd.sync import load_fused
+    from medcrowd.sync import push as do_push
+
+    try:
+        fused = load_fused(dataset, method, url)
+    except (ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    report = do_push(_studio(url, token), fused, method)
+    console.print(
+        f"{report.pushed} consensus predictions pushed, {report.unchanged} unchanged, "
+        f"{report.replaced} stale ones replaced (model_version consensus-{method})"
+    )
+
+
+volunteers_app = typer.Typer(help="Volunteer accounts.")
+app.add_typer(volunteers_app, name="volunteers")
+
+
+@volunteers_app.command("add")
+def volunteers_add(
+    email: Annotated[str, typer.Argument(help="The volunteer's email (their login).")],
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            envvar="MEDCROWD_VOLUNTEER_PASSWORD",
+            help="Their initial password.",
+        ),
+    ],
+    url: UrlOpt = "http://127.0.0.1:8080",
+    token: TokenOpt = "",
+) -> None:
+    """Create a volunteer account (through the organisation's signup link)."""
+    studio = _studio(url, token)
+    try:
+        user_id, _ = studio.create_volunteer(email, password)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"volunteer {email} created (user id {user_id})")
+
+
+@volunteers_app.command("list")
+def volunteers_list(url: UrlOpt = "http://127.0.0.1:8080", token: TokenOpt = "") -> None:
+    """List the organisation's accounts."""
+    from rich.table import Table
+
+    table = Table("id", "email")
+    for uid, email in sorted(_studio(url, token).users().items()):
+        table.add_row(str(uid), email)
+    console.print(table)
+
+
+@volunteers_app.command("link")
+def volunteers_link(url: UrlOpt = "http://127.0.0.1:8080", token: TokenOpt = "") -> None:
+    """Print the signup link to send volunteers."""
+    console.print(_studio(url, token).signup_link())
 
 
 @app.command()

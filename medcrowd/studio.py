@@ -156,6 +156,48 @@ class Studio:
         resp = self.request("POST", f"/api/projects/{project_id}/import", files=multipart)
         return int(resp.json().get("task_count", 0))
 
+    # -- people --------------------------------------------------------------------------
+    def signup_link(self) -> str:
+        """The organisation's invite link (``/user/signup/?token=…``) for volunteers."""
+        invite = self.request("GET", "/api/invite").json()
+        return f"{self.url}{invite['invite_url']}"
+
+    def create_volunteer(self, email: str, password: str) -> tuple[int, str]:
+        """Create an account through the invite link, as a volunteer signing up would.
+
+        Label Studio Community's user API makes accounts without a usable password, so the
+        account is made by the same signup form volunteers use, with the organisation's
+        invite token (signup without the link is disabled).
+
+        Returns:
+            (user id, the volunteer's own API token).
+
+        Raises:
+            ValueError: the signup was refused (e.g. the email is taken or the password weak).
+        """
+        link = self.signup_link()
+        with httpx.Client(base_url=self.url, timeout=60.0) as browser:
+            browser.get(link)
+            csrf = browser.cookies.get("csrftoken", "")
+            resp = browser.post(
+                link,
+                data={"email": email, "password": password, "csrfmiddlewaretoken": csrf},
+                headers={"Referer": link},
+            )
+            if resp.status_code != 302:
+                raise ValueError(
+                    f"signup for {email} refused (HTTP {resp.status_code}); the email may be "
+                    "taken or the password too weak"
+                )
+            me = browser.get("/api/current-user/whoami").json()
+            token = browser.get("/api/current-user/token").json()["token"]
+        return int(me["id"]), str(token)
+
+    def users(self) -> dict[int, str]:
+        """{user id: email} of everyone in the organisation."""
+        people: Iterable[Any] = self.client.users.list()
+        return {int(u.id): str(u.email) for u in people}
+
     # -- ML backend --------------------------------------------------------------------
     def connect_backend(
         self,

@@ -1,0 +1,215 @@
+"""``medcrowd fuse``: a pulled dataset → fused masks, reliability table, flagged tasks.
+
+Gold annotations (Label Studio's ground-truth flag) are not votes: they score the volunteers
+(weighted vote's weights, CrowdStaple's clamped truth) and are kept apart. Output folder
+``DATASET/fused-<method>/``::
+
+    masks/task-<id>.png, masks/task-<id>.nii.gz   fused mask (0/255 PNG; NIfTI 0/1)
+    tasks.csv         task, annotators, agreement (mean pairwise Dice), flagged, reason
+    reliability.csv   annotator, email, tasks, reliability, dice_vs_gold, dice_vs_consensus
+    summary.json      method, counts, the fallback reason if a guard fired
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fusion import CrowdStaple, MajorityVote, Staple, WeightedVote, pairwise_dice, rater_scores
+from medcrowd.dataset import AnnotationRecord, Dataset
+
+__all__ = ["METHODS", "FuseOptions", "FuseReport", "fuse_dataset"]
+
+METHODS = ("crowd-staple", "staple", "weighted", "majority")
+
+
+@dataclass
+class FuseOptions:
+    method: str = "crowd-staple"
+    min_annotators: int = 2
+    min_agreement: float = 0.6
+
+
+@dataclass
+class FuseReport:
+    out: Path
+    tasks: int = 0
+    flagged: int = 0
+    annotators: int = 0
+    fallback: str | None = None
+    fused: dict[int, tuple[npt.NDArray[np.bool_], float]] = field(default_factory=dict)
+
+
+@dataclass
+class _Task:
+    task: int
+    masks: npt.NDArray[np.bool_]  # (R, H, W)
+    annotators: list[int]
+    gold: npt.NDArray[np.bool_] | None
+
+
+def _collect(dataset: Dataset) -> tuple[list[_Task], dict[int, str]]:
+    tasks, emails = [], {}
+    for task_id, records in dataset.by_task():
+        crowd: list[AnnotationRecord] = []
+        gold = None
+        for rec in records:
+            if rec.annotator is not None and rec.annotator_email:
+                emails[rec.annotator] = rec.annotator_email
+            if rec.mask is None or rec.was_cancelled:
+                continue
+            if rec.gold:
+                gold = dataset.load_mask(rec.mask)
+            else:
+                crowd.append(rec)
+        # one vote per annotator: their newest annotation of the task
+        per_annotator: dict[int, AnnotationRecord] = {}
+        for rec in crowd:
+            key = rec.annotator if rec.annotator is not None else -rec.annotation
+            if key not in per_annotator or rec.updated_at > per_annotator[key].updated_at:
+                per_annotator[key] = rec
+        if not per_annotator:
+            continue
+        ids = sorted(per_annotator)
+        masks = np.stack([dataset.load_mask(per_annotator[i].mask or "") for i in ids])
+        tasks.append(_Task(task_id, masks, ids, gold))
+    return tasks, emails
+
+
+def _gold_weights(tasks: list[_Task]) -> dict[int, float]:
+    """Mean Dice of each annotator against gold, over the gold tasks they labelled."""
+    scores: dict[int, list[float]] = {}
+    for t in tasks:
+        if t.gold is None:
+            continue
+        dice = rater_scores(t.masks, t.gold).dice
+        for annotator, d in zip(t.annotators, dice, strict=True):
+            scores.setdefault(annotator, []).append(float(d))
+    return {a: float(np.mean(v)) for a, v in scores.items()}
+
+
+def fuse_dataset(
+    root: Path,
+    options: FuseOptions,
+    progress: Callable[[list[Any], int], Any] | None = None,
+) -> FuseReport:
+    """Fuse every task of the dataset at ``root`` with ``options.method``."""
+    if options.method not in METHODS:
+        raise ValueError(f"unknown method {options.method!r}; choose from {', '.join(METHODS)}")
+    dataset = Dataset(root)
+    dataset.meta()
+    tasks, emails = _collect(dataset)
+    if not tasks:
+        raise ValueError(f"{root} holds no brush annotations to fuse; run medcrowd pull first")
+    out = root / f"fused-{options.method}"
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    report = FuseReport(out=out, tasks=len(tasks))
+    fused: list[npt.NDArray[np.bool_]]
+    reliability: dict[int, float] = {}
+    if options.method == "crowd-staple":
+        gold = {i: t.gold for i, t in enumerate(tasks) if t.gold is not None}
+        result = CrowdStaple().fit_predict(
+            [t.masks for t in tasks], [t.annotators for t in tasks], gold=gold or None
+        )
+        fused = list(result.masks)  # on gold tasks this is the gold mask itself
+        reliability = {int(k): float(v) for k, v in result.reliability.items()}  # type: ignore[call-overload]
+        report.fallback = result.fallback
+    else:
+        weights = _gold_weights(tasks) if options.method == "weighted" else {}
+        default_w = float(np.mean(list(weights.values()))) if weights else 1.0
+        fused = []
+        per_annotator: dict[int, list[float]] = {}
+        iterable: Any = progress(tasks, len(tasks)) if progress else tasks
+        for t in iterable:
+            if options.method == "majority":
+                res = MajorityVote().fit_predict(t.masks)
+            elif options.method == "weighted":
+                w = np.array([weights.get(a, default_w) for a in t.annotators]) + 1e-6
+                res = WeightedVote().fit_predict(t.masks, weights=w)
+            else:
+                res = Staple().fit_predict(t.masks)
+            fused.append(res.mask)
+            for a, r in zip(t.annotators, res.reliability, strict=True):
+                per_annotator.setdefault(a, []).append(float(r))
+        reliability = {a: float(np.mean(v)) for a, v in per_annotator.items()}
+    gold_dice = _gold_weights(tasks)
+    consensus: dict[int, list[float]] = {}
+    counts: dict[int, int] = {}
+    rows = []
+    for t, mask in zip(tasks, fused, strict=True):
+        agreement = pairwise_dice(t.masks) if len(t.annotators) > 1 else float("nan")
+        reasons = []
+        if len(t.annotators) < options.min_annotators:
+            reasons.append(f"only {len(t.annotators)} annotator(s)")
+        if not np.isnan(agreement) and agreement < options.min_agreement:
+            reasons.append(f"agreement {agreement:.2f} < {options.min_agreement}")
+        report.flagged += bool(reasons)
+        for a, d in zip(t.annotators, rater_scores(t.masks, mask).dice, strict=True):
+            consensus.setdefault(a, []).append(float(d))
+            counts[a] = counts.get(a, 0) + 1
+        score = 0.0 if np.isnan(agreement) else float(agreement)
+        report.fused[t.task] = (mask, score)
+        _write_mask(out / "masks", t.task, mask)
+        rows.append(
+            {
+                "task": t.task,
+                "annotators": len(t.annotators),
+                "agreement": "" if np.isnan(agreement) else f"{agreement:.4f}",
+                "gold": t.gold is not None,
+                "flagged": bool(reasons),
+                "reason": "; ".join(reasons),
+            }
+        )
+    _write_csv(out / "tasks.csv", rows)
+    rel_rows = [
+        {
+            "annotator": a,
+            "email": emails.get(a, ""),
+            "tasks": counts.get(a, 0),
+            "reliability": f"{reliability.get(a, float('nan')):.4f}",
+            "dice_vs_gold": f"{gold_dice[a]:.4f}" if a in gold_dice else "",
+            "dice_vs_consensus": f"{np.mean(consensus[a]):.4f}",
+        }
+        for a in sorted(consensus)
+    ]
+    _write_csv(out / "reliability.csv", rel_rows)
+    report.annotators = len(rel_rows)
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "method": options.method,
+                "tasks": report.tasks,
+                "flagged": report.flagged,
+                "annotators": report.annotators,
+                "fallback": report.fallback,
+            },
+            indent=2,
+        )
+    )
+    return report
+
+
+def _write_mask(folder: Path, task: int, mask: npt.NDArray[np.bool_]) -> None:
+    import SimpleITK as sitk
+    from PIL import Image
+
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(folder / f"task-{task}.png")
+    sitk.WriteImage(
+        sitk.GetImageFromArray(mask.astype(np.uint8)), str(folder / f"task-{task}.nii.gz")
+    )
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as fh:
+        if not rows:
+            return
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

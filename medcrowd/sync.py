@@ -1,0 +1,258 @@
+"""``medcrowd pull`` and ``medcrowd push``: Label Studio ⇄ the on-disk dataset.
+
+``pull`` exports a project's annotations through the SDK and writes new ones to a
+:class:`~medcrowd.dataset.Dataset` (incremental, resumable; read-only on Label Studio).
+``push`` sends fused consensus masks back as *predictions* with model_version
+``consensus-<method>`` so experts can review them in the UI; annotations are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medcrowd.dataset import AnnotationRecord, Dataset
+from medcrowd.studio import Studio
+from ml_backend.rle import mask_to_rle, rle_to_mask
+
+__all__ = ["PullReport", "PushReport", "load_fused", "pull", "push"]
+
+
+@dataclass
+class PullReport:
+    tasks: int = 0
+    new: int = 0
+    unchanged: int = 0
+    box_only: int = 0
+    failed: int = 0
+
+
+@dataclass
+class PushReport:
+    pushed: int = 0
+    unchanged: int = 0
+    replaced: int = 0
+
+
+def _annotator(value: Any) -> tuple[int | None, str | None]:
+    if isinstance(value, dict):
+        return (int(value["id"]) if value.get("id") is not None else None, value.get("email"))
+    return (int(value) if value is not None else None, None)
+
+
+def _brush_mask(results: list[dict[str, Any]], height: int, width: int) -> np.ndarray | None:
+    """Union of every brush region of an annotation, or None when it has none."""
+    mask = None
+    for region in results:
+        if region.get("type") != "brushlabels":
+            continue
+        value = region.get("value") or {}
+        if value.get("format", "rle") != "rle" or "rle" not in value:
+            continue
+        h = int(region.get("original_height") or height)
+        w = int(region.get("original_width") or width)
+        part = rle_to_mask(value["rle"], h, w)
+        mask = part if mask is None else (mask | part)
+    return mask
+
+
+def export_tasks(studio: Studio, project_id: int) -> list[dict[str, Any]]:
+    """Every task that has annotations, with them, via the SDK's JSON export."""
+    chunks = studio.client.projects.exports.download_sync(
+        project_id, export_type="JSON", download_all_tasks=False
+    )
+    tasks = json.loads(b"".join(chunks))
+    if not isinstance(tasks, list):
+        raise RuntimeError(f"unexpected export from Label Studio: {str(tasks)[:200]}")
+    return tasks
+
+
+def pull(
+    studio: Studio,
+    project_id: int,
+    out: Path,
+    on_record: Callable[[AnnotationRecord], None] | None = None,
+    progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None,
+) -> PullReport:
+    """Write every annotation not yet in ``out`` (see :mod:`medcrowd.dataset`).
+
+    Args:
+        on_record: called after each record is durably appended (progress output).
+        progress: wraps the task iterable (e.g. a rich progress bar); gets (iterable, total).
+    """
+    dataset = Dataset(out)
+    project = studio.client.projects.get(project_id)
+    dataset.init(
+        {"project": project_id, "url": studio.url, "title": project.title,
+         "label_config": project.label_config}
+    )  # fmt: skip
+    emails = studio.users()
+    done = dataset.keys()
+    report = PullReport()
+    tasks = export_tasks(studio, project_id)
+    iterable: Iterable[Any] = progress(tasks, len(tasks)) if progress else tasks
+    for task in iterable:
+        report.tasks += 1
+        anns = [a for a in task.get("annotations") or [] if a.get("id") is not None]
+        todo = [a for a in anns if (int(a["id"]), str(a.get("updated_at"))) not in done]
+        report.unchanged += len(anns) - len(todo)
+        if not todo:
+            continue
+        image_rel, width, height = _fetch_image(studio, dataset, task)
+        for ann in todo:
+            annotator, email = _annotator(ann.get("completed_by"))
+            results = ann.get("result") or []
+            sizes = [
+                (int(r["original_height"]), int(r["original_width"]))
+                for r in results
+                if r.get("original_height") and r.get("original_width")
+            ]
+            h, w = (height, width) if height else (sizes[0] if sizes else (0, 0))
+            try:
+                mask = _brush_mask(results, h, w) if h else None
+            except ValueError:
+                report.failed += 1  # malformed RLE: recorded as a failure, never guessed
+                continue
+            updated = str(ann.get("updated_at"))
+            mask_rel = (
+                dataset.write_mask(int(task["id"]), int(ann["id"]), updated, mask)
+                if mask is not None
+                else None
+            )
+            labels = sorted(
+                {lab for r in results for lab in (r.get("value") or {}).get("brushlabels", [])}
+            )
+            boxes = [r.get("value") for r in results if r.get("type") == "rectanglelabels"]
+            record = AnnotationRecord(
+                task=int(task["id"]),
+                annotation=int(ann["id"]),
+                annotator=annotator,
+                annotator_email=email or emails.get(annotator or -1),
+                gold=bool(ann.get("ground_truth")),
+                updated_at=updated,
+                created_at=ann.get("created_at"),
+                lead_time=ann.get("lead_time"),
+                was_cancelled=bool(ann.get("was_cancelled")),
+                mask=mask_rel,
+                labels=labels,
+                boxes=[b for b in boxes if isinstance(b, dict)],
+                image=image_rel,
+                width=w or None,
+                height=h or None,
+            )
+            dataset.append(record)
+            done.add(record.key)
+            report.new += 1
+            report.box_only += mask_rel is None
+            if on_record is not None:
+                on_record(record)
+    return report
+
+
+def _fetch_image(
+    studio: Studio, dataset: Dataset, task: dict[str, Any]
+) -> tuple[str | None, int, int]:
+    from ml_backend.images import decode_image
+
+    data = task.get("data") or {}
+    url = next(
+        (v for v in data.values() if isinstance(v, str) and v.startswith(("/data/", "http"))), None
+    )
+    if url is None:
+        return None, 0, 0
+    if url.startswith("http") and not url.startswith(studio.url):
+        return None, 0, 0  # never fetch from hosts other than Label Studio's
+    path = url[len(studio.url) :] if url.startswith(studio.url) else url
+    body = studio.request("GET", path).content
+    suffix = Path(path.split("?")[0]).suffix.lower() or ".png"
+    rel = dataset.write_image(int(task["id"]), suffix, body)
+    image = decode_image(body, max_pixels=16384 * 16384)
+    return rel, int(image.shape[1]), int(image.shape[0])
+
+
+def push(
+    studio: Studio,
+    fused: dict[int, tuple[np.ndarray, float]],
+    method: str,
+    brush_name: str = "mask",
+    image_name: str = "image",
+    label: str = "Organ",
+) -> PushReport:
+    """Send fused masks as predictions ``consensus-<method>``; annotations are not touched.
+
+    Args:
+        fused: {task id: ((H, W) bool mask, score in [0, 1])}.
+
+    A task that already has an identical ``consensus-<method>`` prediction is left alone; a
+    stale one (re-fused with other input) is replaced — only medcrowd's own consensus
+    predictions are ever deleted.
+    """
+    version = f"consensus-{method}"
+    report = PushReport()
+    for task_id, (mask, score) in sorted(fused.items()):
+        h, w = mask.shape
+        rle = mask_to_rle(mask)
+        result = [
+            {
+                "from_name": brush_name,
+                "to_name": image_name,
+                "type": "brushlabels",
+                "original_width": int(w),
+                "original_height": int(h),
+                "image_rotation": 0,
+                "value": {"format": "rle", "rle": rle, "brushlabels": [label]},
+            }
+        ]
+        ours = [
+            p for p in studio.client.predictions.list(task=task_id) if p.model_version == version
+        ]
+        if any(_same_rle(p.result, rle) for p in ours):
+            report.unchanged += 1
+            continue
+        for stale in ours:
+            studio.client.predictions.delete(int(stale.id))  # type: ignore[arg-type]
+            report.replaced += 1
+        studio.client.predictions.create(
+            task=task_id, result=result, model_version=version, score=float(score)
+        )
+        report.pushed += 1
+    return report
+
+
+def _same_rle(result: Any, rle: list[int]) -> bool:
+    for region in result or []:
+        value = region.get("value") if isinstance(region, dict) else None
+        if isinstance(value, dict) and value.get("rle") == rle:
+            return True
+    return False
+
+
+def load_fused(root: Path, method: str, url: str) -> dict[int, tuple[np.ndarray, float]]:
+    """{task id: (fused mask, agreement score)} from ``root/fused-<method>``.
+
+    Raises:
+        FileNotFoundError: not fused with that method yet.
+        ValueError: the dataset was pulled from another Label Studio than ``url``.
+    """
+    import csv
+
+    from PIL import Image
+
+    meta = Dataset(root).meta()
+    if str(meta["url"]).rstrip("/") != url.rstrip("/"):
+        raise ValueError(f"the dataset was pulled from {meta['url']}, not {url}")
+    folder = root / f"fused-{method}"
+    if not (folder / "tasks.csv").is_file():
+        raise FileNotFoundError(f"{folder} missing; run medcrowd fuse --method {method}")
+    fused = {}
+    with (folder / "tasks.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            task = int(row["task"])
+            mask = np.asarray(Image.open(folder / "masks" / f"task-{task}.png")) > 0
+            fused[task] = (mask, float(row["agreement"] or 0.0))
+    return fused
