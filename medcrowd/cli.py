@@ -288,6 +288,54 @@ def push(
     )
 
 
+@app.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(help="A file or folder (DICOM series, NIfTI, NRRD, "
+                                              "MHA, PNG/JPEG/TIFF).")],
+    project: ProjectOpt,
+    axis: Annotated[str, typer.Option(help="axial | coronal | sagittal.")] = "axial",
+    every: Annotated[int, typer.Option(help="Keep every Nth slice.", min=1)] = 1,
+    content_only: Annotated[
+        bool, typer.Option(help="Skip slices with no visible content.")
+    ] = False,
+    window: Annotated[
+        str | None,
+        typer.Option(help="CT preset (soft_tissue, lung, bone, brain) or percentile."),
+    ] = None,
+    modality: Annotated[
+        str | None, typer.Option(help="Override the modality (e.g. CT for a NIfTI in HU).")
+    ] = None,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    token: TokenOpt = "",
+) -> None:  # fmt: skip
+    """Import medical images as windowed slices, with the geometry to map masks back."""
+    from medcrowd.importer import ImportOptions, import_path
+    from medcrowd.settings import config_path
+
+    studio = _studio(url, token)
+    pid = (
+        int(project)
+        if project.isdigit()
+        else studio.ensure_project(project, config_path("labeling_box_brush.xml").read_text())
+    )
+    try:
+        summary = import_path(
+            studio, pid, path,
+            ImportOptions(axis=axis, every=every, content_only=content_only, window=window,
+                          modality=modality),
+            progress=_progress("import"),
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    for source, why in summary.failed:
+        err.print(f"[yellow]skipped[/yellow] {source}: {why}", highlight=False)
+    console.print(
+        f"{summary.inputs} inputs, {summary.slices} slices: {summary.created} tasks created, "
+        f"{summary.skipped} already there, {len(summary.failed)} unreadable (project {pid})"
+    )
+
+
 volunteers_app = typer.Typer(help="Volunteer accounts.")
 app.add_typer(volunteers_app, name="volunteers")
 

@@ -125,22 +125,31 @@ class Studio:
         return hashes
 
     def import_images(
-        self, project_id: int, files: Iterable[tuple[str, bytes]], batch: int = 20
+        self,
+        project_id: int,
+        files: Iterable[tuple[str, bytes]] | Iterable[tuple[str, bytes, dict[str, Any]]],
+        batch: int = 20,
     ) -> ImportReport:
         """Upload images as tasks, skipping content already in the project.
 
         Args:
-            files: (name, PNG/JPEG bytes) pairs.
+            files: (name, PNG/JPEG bytes) or (name, bytes, metadata) items; metadata (e.g. the
+                slice geometry from :mod:`medcrowd.imaging`) is stored in the task's data
+                under ``"medcrowd"``.
         """
         known = self.task_hashes(project_id)
         report = ImportReport(failed=[])
         pending: list[tuple[str, bytes]] = []
-        for name, data in files:
+        metas: dict[str, dict[str, Any]] = {}
+        for item in files:
+            name, data = item[0], item[1]
             digest = content_hash(data)
             if digest in known:
                 report.skipped += 1
                 continue
             known.add(digest)
+            if len(item) > 2:
+                metas[digest] = item[2]  # type: ignore[misc]
             safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name)[-80:]
             pending.append((f"mc{digest}_{safe}", data))
             if len(pending) >= batch:
@@ -148,7 +157,22 @@ class Studio:
                 pending = []
         if pending:
             report.created += self._upload(project_id, pending)
+        if metas:
+            self._attach_metadata(project_id, metas)
         return report
+
+    def _attach_metadata(self, project_id: int, metas: dict[str, dict[str, Any]]) -> None:
+        tasks: Iterable[Any] = self.client.tasks.list(project=project_id, fields="all")
+        for task in tasks:
+            data = dict(task.data or {})
+            if "medcrowd" in data:
+                continue
+            for value in data.values():
+                match = _HASH_RE.search(value) if isinstance(value, str) else None
+                if match and match.group(1) in metas:
+                    data["medcrowd"] = metas[match.group(1)]
+                    self.client.tasks.update(int(task.id), data=data)
+                    break
 
     def _upload(self, project_id: int, files: list[tuple[str, bytes]]) -> int:
         # Label Studio reads request.FILES.items(): one distinct field name per file.
