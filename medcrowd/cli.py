@@ -305,6 +305,10 @@ def import_(
     modality: Annotated[
         str | None, typer.Option(help="Override the modality (e.g. CT for a NIfTI in HU).")
     ] = None,
+    overlap: Annotated[
+        int | None,
+        typer.Option(help="Different volunteers per task (k); set on the project.", min=1),
+    ] = None,
     url: UrlOpt = "http://127.0.0.1:8080",
     token: TokenOpt = "",
 ) -> None:  # fmt: skip
@@ -318,6 +322,8 @@ def import_(
         if project.isdigit()
         else studio.ensure_project(project, config_path("labeling_box_brush.xml").read_text())
     )
+    if overlap is not None:
+        studio.set_overlap(pid, overlap)
     try:
         summary = import_path(
             studio, pid, path,
@@ -334,6 +340,68 @@ def import_(
         f"{summary.inputs} inputs, {summary.slices} slices: {summary.created} tasks created, "
         f"{summary.skipped} already there, {len(summary.failed)} unreadable (project {pid})"
     )
+
+
+@app.command()
+def status(
+    project: ProjectOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    token: TokenOpt = "",
+) -> None:
+    """Project progress (tasks with 0..k annotations) and per-volunteer counts and time."""
+    import json
+
+    from rich.table import Table
+
+    from medcrowd.status import project_status
+
+    studio = _studio(url, token)
+    info = project_status(studio, _project_id(studio, project))
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    console.print(
+        f"[bold]{info['title']}[/bold] (id {info['project']}): {info['complete']}/"
+        f"{info['tasks']} tasks have their {info['overlap']} annotations"
+    )
+    progress = Table("annotations", "tasks")
+    for n, count in info["by_annotations"].items():
+        progress.add_row(n, str(count))
+    console.print(progress)
+    people = Table("id", "email", "annotations", "gold", "skipped", "time (min)")
+    for row in info["volunteers"]:
+        people.add_row(str(row["id"]), row["email"], str(row["annotations"]), str(row["gold"]),
+                       str(row["skipped"]), f"{row['lead_time_s'] / 60:.1f}")  # fmt: skip
+    console.print(people)
+
+
+gold_app = typer.Typer(help="Expert gold tasks (hidden ground truth).")
+app.add_typer(gold_app, name="gold")
+
+
+@gold_app.command("add")
+def gold_add(
+    masks: Annotated[Path, typer.Argument(help="Folder of expert masks named <image stem>.png.")],
+    project: ProjectOpt,
+    fraction: Annotated[float, typer.Option(help="Share of matched tasks to make gold.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed for choosing the tasks.")] = 0,
+    label: Annotated[str, typer.Option(help="Brush label of the gold masks.")] = "Organ",
+    url: UrlOpt = "http://127.0.0.1:8080",
+    token: TokenOpt = "",
+) -> None:
+    """Add expert masks as ground-truth annotations on a fraction of the tasks."""
+    from medcrowd.gold import add_gold
+
+    studio = _studio(url, token)
+    try:
+        report = add_gold(studio, _project_id(studio, project), masks, fraction, seed, label)
+    except (ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if report.unmatched:
+        err.print(f"[yellow]no task for[/yellow] {', '.join(report.unmatched)}", highlight=False)
+    console.print(f"{report.added} gold tasks added, {report.already} already gold")
 
 
 volunteers_app = typer.Typer(help="Volunteer accounts.")

@@ -110,6 +110,12 @@ class Studio:
         )
         return int(project.id)  # type: ignore[arg-type]
 
+    def set_overlap(self, project_id: int, overlap: int) -> None:
+        """Each task is labelled by ``overlap`` different people (the queue enforces it)."""
+        if overlap < 1:
+            raise ValueError("overlap must be >= 1")
+        self.client.projects.update(project_id, maximum_annotations=overlap)
+
     # -- tasks -------------------------------------------------------------------------
     def task_hashes(self, project_id: int) -> set[str]:
         """Content hashes of the images already imported into a project."""

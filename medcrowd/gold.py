@@ -1,0 +1,106 @@
+"""``medcrowd gold add``: expert masks as hidden ground truth on a fraction of tasks.
+
+A gold mask becomes a Label Studio annotation with ``ground_truth=True`` made by the account
+whose token is used (the expert or admin). Volunteers working the labelling queue never see
+other people's annotations (the queue hands out tasks without them; proved in
+tests/e2e/test_overlap.py), so they label gold tasks blind, and their own annotations there
+are what ``medcrowd fuse`` scores them with.
+
+Label Studio counts the gold annotation toward a task's overlap, which would leave one
+volunteer short on every gold task; the task's own ``overlap`` is therefore raised by one.
+(Changing the project's overlap later resets every task's overlap in Label Studio; re-run
+``gold add`` afterwards, it only adjusts.)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from medcrowd.studio import Studio
+from ml_backend.rle import mask_to_rle
+
+__all__ = ["GoldReport", "add_gold", "task_image_stem"]
+
+_PREFIX = re.compile(r"^(?:[0-9a-f]{8}-)?mc[0-9a-f]{16}_")
+
+
+@dataclass
+class GoldReport:
+    added: int = 0
+    already: int = 0
+    unmatched: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def task_image_stem(url: str) -> str:
+    """The original file stem of an imported image (``…/3f2a-mc<hash>_liver.png`` → liver)."""
+    name = url.rsplit("/", 1)[-1].split("?")[0]
+    return Path(_PREFIX.sub("", name)).stem
+
+
+def add_gold(
+    studio: Studio,
+    project_id: int,
+    masks: Path,
+    fraction: float = 1.0,
+    seed: int = 0,
+    label: str = "Organ",
+    brush_name: str = "mask",
+    image_name: str = "image",
+) -> GoldReport:
+    """Attach expert masks (``<image stem>.png``, any non-zero = foreground) as gold.
+
+    Args:
+        fraction: share of the matched tasks that get gold, chosen with ``seed``.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError("fraction must be in (0, 1]")
+    files = {p.stem.removesuffix("_mask"): p for p in sorted(masks.glob("*.png"))}
+    if not files:
+        raise FileNotFoundError(f"no PNG masks in {masks}")
+    project = studio.client.projects.get(project_id)
+    overlap = int(project.maximum_annotations or 1)
+    tasks: Iterable[Any] = studio.client.tasks.list(project=project_id, fields="all")
+    matched = []
+    seen: set[str] = set()
+    for task in tasks:
+        url = next((v for v in (task.data or {}).values() if isinstance(v, str)), "")
+        stem = task_image_stem(url)
+        if stem in files:
+            matched.append((task, files[stem]))
+            seen.add(stem)
+    report = GoldReport(unmatched=sorted(set(files) - seen))
+    rng = np.random.default_rng(seed)
+    count = max(1, round(fraction * len(matched))) if matched else 0
+    chosen = sorted(rng.choice(len(matched), size=count, replace=False).tolist()) if count else []
+    for i in chosen:
+        task, path = matched[i]
+        existing = studio.client.annotations.list(int(task.id))
+        if any(a.ground_truth for a in existing):
+            report.already += 1
+            continue
+        mask = np.asarray(Image.open(path))
+        mask = mask.any(axis=-1) if mask.ndim == 3 else mask > 0
+        h, w = mask.shape
+        result = [
+            {
+                "from_name": brush_name,
+                "to_name": image_name,
+                "type": "brushlabels",
+                "original_width": w,
+                "original_height": h,
+                "image_rotation": 0,
+                "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]},
+            }
+        ]
+        studio.request("PATCH", f"/api/tasks/{task.id}/", json={"overlap": overlap + 1})
+        studio.client.annotations.create(int(task.id), result=result, ground_truth=True)
+        report.added += 1
+    return report
