@@ -6,6 +6,7 @@ Gold annotations (Label Studio's ground-truth flag) are not votes: they score th
 
     masks/task-<id>.png, masks/task-<id>.nii.gz   fused mask (0/255 PNG; NIfTI 0/1)
     tasks.csv         task, annotators, agreement (mean pairwise Dice), flagged, reason
+    report.png        reliability vs gold, agreement histogram, the worst tasks overlaid
     reliability.csv   annotator, email, tasks, reliability, dice_vs_gold, dice_vs_consensus
     summary.json      method, counts, the fallback reason if a guard fired
 """
@@ -53,6 +54,7 @@ class _Task:
     masks: npt.NDArray[np.bool_]  # (R, H, W)
     annotators: list[int]
     gold: npt.NDArray[np.bool_] | None
+    image: str | None = None
 
 
 def _collect(dataset: Dataset) -> tuple[list[_Task], dict[int, str]]:
@@ -79,7 +81,8 @@ def _collect(dataset: Dataset) -> tuple[list[_Task], dict[int, str]]:
             continue
         ids = sorted(per_annotator)
         masks = np.stack([dataset.load_mask(per_annotator[i].mask or "") for i in ids])
-        tasks.append(_Task(task_id, masks, ids, gold))
+        image = next((r.image for r in records if r.image), None)
+        tasks.append(_Task(task_id, masks, ids, gold, image))
     return tasks, emails
 
 
@@ -168,6 +171,7 @@ def fuse_dataset(
             }
         )
     _write_csv(out / "tasks.csv", rows)
+    _report(dataset, out, options.method, tasks, fused, reliability, gold_dice)
     rel_rows = [
         {
             "annotator": a,
@@ -194,6 +198,32 @@ def fuse_dataset(
         )
     )
     return report
+
+
+def _report(
+    dataset: Dataset,
+    out: Path,
+    method: str,
+    tasks: list[_Task],
+    fused: list[npt.NDArray[np.bool_]],
+    reliability: dict[int, float],
+    gold_dice: dict[int, float],
+) -> None:
+    from PIL import Image
+
+    from medcrowd.report import WorstTask, write_report
+
+    scored = [
+        (pairwise_dice(t.masks), t, m) for t, m in zip(tasks, fused, strict=True)
+        if len(t.annotators) > 1
+    ]  # fmt: skip
+    worst = []
+    for agreement, t, m in sorted(scored, key=lambda x: x[0])[:3]:
+        image = np.asarray(Image.open(dataset.root / t.image)) if t.image else None
+        worst.append(WorstTask(t.task, agreement, image, t.masks, m))
+    write_report(
+        out / "report.png", method, reliability, gold_dice, [a for a, _, _ in scored], worst
+    )
 
 
 def _write_mask(folder: Path, task: int, mask: npt.NDArray[np.bool_]) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from medcrowd.studio import Studio
-from ml_backend.rle import mask_to_rle
+from ml_backend.labeling import brush_result
 
 __all__ = ["GoldReport", "add_gold", "task_image_stem"]
 
@@ -88,18 +88,7 @@ def add_gold(
             continue
         mask = np.asarray(Image.open(path))
         mask = mask.any(axis=-1) if mask.ndim == 3 else mask > 0
-        h, w = mask.shape
-        result = [
-            {
-                "from_name": brush_name,
-                "to_name": image_name,
-                "type": "brushlabels",
-                "original_width": w,
-                "original_height": h,
-                "image_rotation": 0,
-                "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]},
-            }
-        ]
+        result = [brush_result(mask, label, brush_name, image_name)]
         studio.request("PATCH", f"/api/tasks/{task.id}/", json={"overlap": overlap + 1})
         studio.client.annotations.create(int(task.id), result=result, ground_truth=True)
         report.added += 1

@@ -18,7 +18,8 @@ import numpy as np
 
 from medcrowd.dataset import AnnotationRecord, Dataset
 from medcrowd.studio import Studio
-from ml_backend.rle import mask_to_rle, rle_to_mask
+from ml_backend.labeling import brush_result
+from ml_backend.rle import rle_to_mask
 
 __all__ = ["PullReport", "PushReport", "load_fused", "pull", "push"]
 
@@ -195,19 +196,8 @@ def push(
     version = f"consensus-{method}"
     report = PushReport()
     for task_id, (mask, score) in sorted(fused.items()):
-        h, w = mask.shape
-        rle = mask_to_rle(mask)
-        result = [
-            {
-                "from_name": brush_name,
-                "to_name": image_name,
-                "type": "brushlabels",
-                "original_width": int(w),
-                "original_height": int(h),
-                "image_rotation": 0,
-                "value": {"format": "rle", "rle": rle, "brushlabels": [label]},
-            }
-        ]
+        result = [brush_result(mask, label, brush_name, image_name)]
+        rle = result[0]["value"]["rle"]
         ours = [
             p for p in studio.client.predictions.list(task=task_id) if p.model_version == version
         ]

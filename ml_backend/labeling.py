@@ -14,8 +14,15 @@ from typing import Any
 from defusedxml import ElementTree
 
 from ml_backend.errors import InvalidInput
+from ml_backend.rle import mask_to_rle
 
-__all__ = ["BoxPrompt", "LabelingConfig", "box_prompt_from_context", "parse_label_config"]
+__all__ = [
+    "BoxPrompt",
+    "LabelingConfig",
+    "box_prompt_from_context",
+    "brush_result",
+    "parse_label_config",
+]
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,22 @@ class BoxPrompt:
 
     box_xyxy: tuple[float, float, float, float]
     label: str
+
+
+def brush_result(
+    mask: Any, label: str, brush_name: str = "mask", image_name: str = "image"
+) -> dict[str, Any]:
+    """A Label Studio ``brushlabels`` result region for an (H, W) mask (non-zero = inside)."""
+    height, width = mask.shape
+    return {
+        "from_name": brush_name,
+        "to_name": image_name,
+        "type": "brushlabels",
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]},
+    }
 
 
 @functools.lru_cache(maxsize=64)

@@ -38,8 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ml_backend.errors import InvalidInput, UpstreamError
 from ml_backend.images import ImageFetcher
-from ml_backend.labeling import box_prompt_from_context, parse_label_config
-from ml_backend.rle import mask_to_rle
+from ml_backend.labeling import box_prompt_from_context, brush_result, parse_label_config
 
 __all__ = ["BackendConfig", "create_app", "serve"]
 
@@ -193,20 +192,8 @@ class _Engine:
         with self.lock:
             self.predictor.set_image(image)
             mask, score = self.predictor.predict_box(list(prompt.box_xyxy))
-        result = {
-            "from_name": config.brush_name,
-            "to_name": config.image_name,
-            "type": "brushlabels",
-            "original_width": int(width),
-            "original_height": int(height),
-            "image_rotation": 0,
-            "value": {
-                "format": "rle",
-                "rle": mask_to_rle(mask),
-                "brushlabels": [prompt.label],
-            },
-            "score": float(score),
-        }
+        result = brush_result(mask, prompt.label, config.brush_name, config.image_name)
+        result["score"] = float(score)
         return {"result": [result], "score": float(score), "model_version": self.model_version}
 
     def warm_tasks(self, tasks: list[Any], image_key: str | None) -> int:

@@ -23,7 +23,8 @@ from scipy import ndimage
 from medcrowd.dataset import Dataset
 from medcrowd.settings import config_path
 from medcrowd.studio import Studio
-from ml_backend.rle import mask_to_rle, rle_to_mask
+from ml_backend.labeling import brush_result
+from ml_backend.rle import rle_to_mask
 from tests.conftest import StudioHandle
 from tests.helpers import dice, sammed2d_masks
 
@@ -43,16 +44,7 @@ VOLUNTEERS = {  # email local part -> how they draw (seeded, documented annotato
 
 
 def brush(mask: np.ndarray) -> dict[str, Any]:
-    h, w = mask.shape
-    return {
-        "from_name": "mask",
-        "to_name": "image",
-        "type": "brushlabels",
-        "original_width": w,
-        "original_height": h,
-        "image_rotation": 0,
-        "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["Organ"]},
-    }
+    return brush_result(mask, "Organ")
 
 
 def run_cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
@@ -181,6 +173,7 @@ def test_fuse_and_push(crowd: dict[str, Any], tmp_path: Path, method: str) -> No
         worst = min(dice(crowd["submitted"][(n, task)], gt) for n in VOLUNTEERS)
         assert dice(mask, gt) >= worst, (method, organ.mask_path.stem)
         assert (folder / "masks" / f"task-{task}.nii.gz").is_file()
+    assert (folder / "report.png").stat().st_size > 10_000
     rows = (folder / "reliability.csv").read_text().splitlines()
     assert len(rows) == 1 + 3  # header + the three volunteers (gold is not a volunteer)
     before = snapshot_annotations(crowd["admin"], crowd["id"])

@@ -22,7 +22,7 @@ from PIL import Image
 
 from medcrowd.settings import config_path
 from medcrowd.studio import Studio
-from ml_backend.rle import mask_to_rle
+from ml_backend.labeling import brush_result
 from tests.conftest import StudioHandle
 
 pytestmark = pytest.mark.e2e
@@ -75,11 +75,7 @@ def test_overlap_gold_and_status(
             assert resp.status_code == 200, resp.text
             task = resp.json()
             seen_foreign += [a for a in task.get("annotations") or [] if a["completed_by"] != uid]
-            h = w = 8
-            result = [{"from_name": "mask", "to_name": "image", "type": "brushlabels",
-                       "original_width": w, "original_height": h, "image_rotation": 0,
-                       "value": {"format": "rle", "rle": mask_to_rle(np.eye(8, dtype=bool)),
-                                 "brushlabels": ["Organ"]}}]  # fmt: skip
+            result = [brush_result(np.eye(8, dtype=bool), "Organ")]
             vol.client.annotations.create(task["id"], result=result, lead_time=12.0)
             done.setdefault(task["id"], []).append(uid)
     assert not active, "the queue never ran dry"
