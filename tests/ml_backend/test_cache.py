@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ml_backend.cache import CachedEmbedding, EmbeddingCache
-from ml_backend.predictors import LiteMedSAMPredictor, get_predictor
+from ml_backend.predictors import LiteMedSAMPredictor
 
 
 def entry(nbytes: int, fill: float = 0.0) -> CachedEmbedding:
@@ -128,15 +128,17 @@ def test_disk_persistence_across_instances(tmp_path: Path) -> None:
 
 
 def test_disk_is_bounded_oldest_first(tmp_path: Path) -> None:
-    cache = EmbeddingCache(directory=tmp_path, max_disk_bytes=3 * 4600)
+    probe = EmbeddingCache(directory=tmp_path / "probe")
+    probe.put(("m", "a"), entry(4000))
+    file_size = next((tmp_path / "probe").glob("*.npz")).stat().st_size
+    cache = EmbeddingCache(directory=tmp_path / "bounded", max_disk_bytes=3 * file_size)
     for i, name in enumerate("abcd"):
         cache.put(("m", name), entry(4000))
-        path = next(tmp_path.glob(f"m--{name}.npz"))
-        stamp = 1_000_000 + i
-        os.utime(path, (stamp, stamp))
-    names = sorted(p.stem.split("--")[1] for p in tmp_path.glob("*.npz"))
+        stamp = 1_000_000 + i  # distinct modification times, oldest first
+        os.utime(tmp_path / "bounded" / f"m--{name}.npz", (stamp, stamp))
+    names = sorted(p.stem.split("--")[1] for p in (tmp_path / "bounded").glob("*.npz"))
     assert names == ["b", "c", "d"]
-    assert cache.stats.disk_bytes <= 3 * 4600
+    assert cache.stats.disk_bytes == 3 * file_size
 
 
 def test_corrupt_disk_file_is_a_miss(tmp_path: Path) -> None:
@@ -215,17 +217,17 @@ def test_warm_caches_without_changing_the_current_image(
 ) -> None:
     predictor = fresh_lite()
     other = np.ascontiguousarray(demo_image[::-1])
-    assert not predictor.is_image_set
-    assert predictor.warm(other) is True
-    assert not predictor.is_image_set
-    assert predictor.warm(other) is False
     predictor.set_image(demo_image)
     mask_before, _ = predictor.predict_box([60, 40, 120, 100])
-    assert predictor.warm(np.ascontiguousarray(demo_image[:, ::-1])) is True
+    assert predictor.warm(other) is True  # computed
     mask_after, _ = predictor.predict_box([60, 40, 120, 100])
     np.testing.assert_array_equal(mask_before, mask_after)  # still the same current image
+    assert predictor.warm(other) is False  # already cached
+    predictor.reset_image()
+    assert predictor.warm(demo_image) is False
+    assert not predictor.is_image_set  # warm never sets the current image
     predictor.set_image(other)
-    assert predictor.cache.stats.misses == 3  # other was warm: no fourth encoder run
+    assert predictor.cache.stats.misses == 2  # other was warm: no third encoder run
 
 
 def test_warm_in_a_thread_while_predicting(
@@ -234,7 +236,7 @@ def test_warm_in_a_thread_while_predicting(
     predictor = fresh_lite()
     predictor.set_image(demo_image)
     expected, _ = predictor.predict_box([60, 40, 120, 100])
-    others = [np.ascontiguousarray(np.rot90(demo_image, k)) for k in (1, 2)]
+    others = [np.ascontiguousarray(np.rot90(demo_image))]
     errors: list[BaseException] = []
 
     def warm_all() -> None:
@@ -251,28 +253,21 @@ def test_warm_in_a_thread_while_predicting(
         np.testing.assert_array_equal(mask, expected)
     thread.join()
     assert errors == []
-    assert predictor.cache.stats.entries == 3
+    assert predictor.cache.stats.entries == 2
 
 
 def test_disk_cache_survives_a_restart(
-    lite_cache_dir: Path, tmp_path: Path, demo_image: np.ndarray
+    fresh_lite: Callable[..., LiteMedSAMPredictor], tmp_path: Path, demo_image: np.ndarray
 ) -> None:
     """Two predictor instances (a restarted backend) share embeddings through the directory."""
-    # ONNX files come from the session's cache_dir; embeddings go to this test's tmp_path
-    first = get_predictor(
-        "litemedsam",
-        device="cpu",
-        cache_dir=lite_cache_dir,
-        cache=EmbeddingCache(directory=tmp_path),
-    )
+    first = fresh_lite(cache=EmbeddingCache(directory=tmp_path))
     first.set_image(demo_image)
     mask1, score1 = first.predict_box([60, 40, 120, 100])
     assert len(list(tmp_path.glob("*.npz"))) == 1
     second_cache = EmbeddingCache(directory=tmp_path)
-    second = get_predictor("litemedsam", device="cpu", cache_dir=lite_cache_dir, cache=second_cache)
+    second = fresh_lite(cache=second_cache)
     second.set_image(demo_image)
     mask2, score2 = second.predict_box([60, 40, 120, 100])
-    assert second_cache.stats.disk_hits == 1
-    assert second_cache.stats.misses == 0
+    assert (second_cache.stats.disk_hits, second_cache.stats.misses) == (1, 0)
     np.testing.assert_array_equal(mask1, mask2)
     assert score1 == pytest.approx(score2)
