@@ -86,8 +86,8 @@ def add_gold(
         if any(a.ground_truth for a in existing):
             report.already += 1
             continue
-        mask = np.asarray(Image.open(path))
-        mask = mask.any(axis=-1) if mask.ndim == 3 else mask > 0
+        pixels = np.asarray(Image.open(path))
+        mask = pixels.any(axis=-1) if pixels.ndim == 3 else pixels > 0
         result = [brush_result(mask, label, brush_name, image_name)]
         studio.request("PATCH", f"/api/tasks/{task.id}/", json={"overlap": overlap + 1})
         studio.client.annotations.create(int(task.id), result=result, ground_truth=True)

@@ -265,6 +265,7 @@ def _from_pydicom(path: Path) -> Volume:
 
 def _from_pillow(path: Path) -> Volume:
     with Image.open(path) as im:
+        array: npt.NDArray[Any]
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
             array = np.asarray(im, dtype=np.float64)[None]
         else:

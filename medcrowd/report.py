@@ -71,7 +71,7 @@ def write_report(
     ax.set_ylim(0, 1.02)
     ax = fig.add_subplot(grid[0, 1])
     values = [a for a in agreements if not np.isnan(a)]
-    ax.hist(values, bins=np.linspace(0, 1, 21), color="tab:gray")
+    ax.hist(values, bins=[i / 20 for i in range(21)], color="tab:gray")
     ax.set_xlabel("mean pairwise Dice per task")
     ax.set_ylabel("tasks")
     ax.set_title(f"agreement ({len(values)} tasks with ≥ 2 annotators)")

@@ -155,7 +155,7 @@ class Studio:
                 continue
             known.add(digest)
             if len(item) > 2:
-                metas[digest] = item[2]  # type: ignore[misc]
+                metas[digest] = item[2]
             safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name)[-80:]
             pending.append((f"mc{digest}_{safe}", data))
             if len(pending) >= batch:
@@ -177,7 +177,7 @@ class Studio:
                 match = _HASH_RE.search(value) if isinstance(value, str) else None
                 if match and match.group(1) in metas:
                     data["medcrowd"] = metas[match.group(1)]
-                    self.client.tasks.update(int(task.id), data=data)
+                    self.client.tasks.update(str(task.id), data=data)
                     break
 
     def _upload(self, project_id: int, files: list[tuple[str, bytes]]) -> int:

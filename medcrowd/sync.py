@@ -205,7 +205,7 @@ def push(
             report.unchanged += 1
             continue
         for stale in ours:
-            studio.client.predictions.delete(int(stale.id))  # type: ignore[arg-type]
+            studio.client.predictions.delete(int(stale.id))
             report.replaced += 1
         studio.client.predictions.create(
             task=task_id, result=result, model_version=version, score=float(score)
