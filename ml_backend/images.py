@@ -17,8 +17,10 @@ import io
 import threading
 import time
 import urllib.parse
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -116,6 +118,10 @@ class ImageFetcher:
         max_bytes: largest image download/file accepted.
         max_pixels: largest decoded image accepted.
         timeout_s: HTTP timeout for one image.
+        cached_images: how many decoded images to keep, so a volunteer's next box on the
+            same task skips the download and decode. Only immutable sources are cached:
+            Label Studio uploads (their names are unique) and local files keyed by path,
+            size and modification time.
     """
 
     label_studio_url: str | None
@@ -125,7 +131,12 @@ class ImageFetcher:
     max_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 8192 * 8192
     timeout_s: float = 30.0
+    cached_images: int = 8
     _token_state: _TokenState = field(default_factory=_TokenState, repr=False)
+    _decoded: OrderedDict[tuple[Any, ...], npt.NDArray[np.generic]] = field(
+        default_factory=OrderedDict, repr=False
+    )
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if self.label_studio_url:
@@ -135,8 +146,42 @@ class ImageFetcher:
 
     # -- public -----------------------------------------------------------------------
     def fetch(self, url: str) -> npt.NDArray[np.generic]:
-        """Return the decoded image for a task URL (see ``decode_image`` for the layout)."""
-        return decode_image(self.fetch_bytes(url), self.max_pixels)
+        """Return the decoded image for a task URL (see ``decode_image`` for the layout).
+
+        The array is read-only: it may be shared with later requests through the cache.
+        """
+        key = self._cache_key(url)
+        if key is not None:
+            with self._lock:
+                if key in self._decoded:
+                    self._decoded.move_to_end(key)
+                    return self._decoded[key]
+        image = decode_image(self.fetch_bytes(url), self.max_pixels)
+        image.flags.writeable = False
+        if key is not None and self.cached_images > 0:
+            with self._lock:
+                self._decoded[key] = image
+                while len(self._decoded) > self.cached_images:
+                    self._decoded.popitem(last=False)
+        return image
+
+    def _cache_key(self, url: str) -> tuple[Any, ...] | None:
+        if not isinstance(url, str):
+            return None
+        parsed = urllib.parse.urlparse(url.strip())
+        if parsed.path.startswith("/data/local-files") and self.local_files_root is not None:
+            try:
+                path = self._local_path(parsed)
+                if path is None:
+                    return None
+                stat = path.stat()
+            except (InvalidInput, OSError):
+                return None  # fetch_bytes raises the proper error
+            return ("file", str(path), stat.st_size, stat.st_mtime_ns)
+        relative = parsed.scheme == "" and url.startswith("/")
+        if parsed.path.startswith("/data/upload/") and (relative or self._same_host(parsed)):
+            return ("upload", parsed.path)
+        return None
 
     def fetch_bytes(self, url: str) -> bytes:
         if not isinstance(url, str) or not url.strip():

@@ -8,7 +8,8 @@ Endpoints, as Label Studio 1.23.2 calls them:
 * ``POST /predict`` → ``{"results": [{"result": [brush], "score": s, "model_version": v}]}``,
   one entry per task in order. An interactive call carries the volunteer's rectangle in
   ``params.context``; the answer is a ``brushlabels`` mask with that label. A batch call
-  with no rectangle gets an empty result for the task.
+  with no rectangle gets an empty list for the task (Label Studio then stores no
+  prediction, rather than an empty one that would show as a blank tab in the UI).
 * ``POST /webhook`` → on ``TASKS_CREATED`` the embeddings of the new tasks' images are
   computed in a background thread, so a volunteer's first box is already warm.
 
@@ -173,14 +174,16 @@ class _Engine:
     def model_version(self) -> str:
         return str(getattr(self.predictor, "model_id", type(self.predictor).__name__))
 
-    def predict_task(self, task: dict[str, Any], xml: str, context: Any) -> dict[str, Any]:
+    def predict_task(
+        self, task: dict[str, Any], xml: str, context: Any
+    ) -> dict[str, Any] | list[Any]:
         if not isinstance(task, dict):
             raise InvalidInput("each task must be an object")
         config = parse_label_config(xml)
         if context is not None and not isinstance(context, dict):
             raise InvalidInput("params.context must be an object")
         if not context or not context.get("result"):
-            return {"result": [], "score": 0.0, "model_version": self.model_version}
+            return []  # no box drawn (batch call): no prediction, not an empty one
         data = task.get("data")
         if not isinstance(data, dict) or config.image_key not in data:
             raise InvalidInput(f"task has no image under data.{config.image_key}")
@@ -188,7 +191,7 @@ class _Engine:
         height, width = image.shape[:2]
         prompt = box_prompt_from_context(context, config, width, height)
         if prompt is None:
-            return {"result": [], "score": 0.0, "model_version": self.model_version}
+            return []
         with self.lock:
             self.predictor.set_image(image)
             mask, score = self.predictor.predict_box(list(prompt.box_xyxy))

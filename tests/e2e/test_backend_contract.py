@@ -84,12 +84,11 @@ def test_health_setup_predict_shapes(
     )
     assert setup.status_code == 200
     assert setup.json()["model_version"].startswith("litemedsam")
-    # A batch prediction (no context) gets one empty result per task, in order.
+    # A batch prediction (no box drawn) gets one entry per task, in order: an empty list,
+    # which Label Studio reads as "no prediction for this task".
     batch = client.post("/predict", json=predict_body(tasks["slice"], None))
     assert batch.status_code == 200
-    assert batch.json()["results"] == [
-        {"result": [], "score": 0.0, "model_version": setup.json()["model_version"]}
-    ]
+    assert batch.json()["results"] == [[]]
 
 
 def test_interactive_predict_directly(

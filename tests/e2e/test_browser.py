@@ -139,16 +139,15 @@ def test_volunteer_draws_box_and_submits_medsam_mask(
         page.click("button[type=submit]")
         page.wait_for_url(lambda u: "/user/login" not in u)
 
-        # Open the task in the labeling view; the Auto-Annotation toggle is only shown once
-        # Label Studio knows the project has an interactive ML backend.
+        # Open the task in the labeling view and wait for the slice to load.
         page.goto(f"{url}/projects/{volunteer_task['project']}/data?task={volunteer_task['task']}")
         page.wait_for_function(
             "() => { const i = document.querySelector('.lsf-main-content img[alt=image]');"
             " return i && i.complete && i.naturalWidth > 0; }"
         )
         page.locator("[data-testid=bottombar-auto-annotation-toggle]").check(force=True)
-        # With Auto-Annotation on, the smart (ML) variant of the box tool appears in its own
-        # toolbar group; the plain rectangle tool next to it would not ask the backend.
+        # With Auto-Annotation on, the smart (ML) variant of the box tool (smart="true" in the
+        # config) appears in its own toolbar group at the bottom; pick it.
         page.locator(".lsf-toolbar .lsf-tool_smart").first.click()
         page.locator(".lsf-tool_smart.lsf-tool_active").first.wait_for()
         # The first inline label row belongs to the RectangleLabels control ("box").
@@ -202,4 +201,4 @@ def test_volunteer_draws_box_and_submits_medsam_mask(
     mask = rle_to_mask(brush["value"]["rle"], height, width)
     score = dice(mask, gt)
     print(f"\nbrowser-drawn box {box} -> MedSAM mask, Dice vs {ORGAN_MASK}: {score:.3f}")
-    assert score >= 0.80
+    assert score >= 0.85  # the bar for a GT-box mask, as in test_interactive

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,27 @@ def test_decode_rejects_corrupt_empty_and_huge() -> None:
         decode_image(b"\x89PNG\r\n\x1a\ngarbage", max_pixels=10)
     with pytest.raises(InvalidInput, match="more than the limit"):
         decode_image(png(np.zeros((20, 20), np.uint8)), max_pixels=399)
+
+
+def test_decoded_images_are_cached_until_the_file_changes(roots: tuple[Path, Path]) -> None:
+    served, _ = roots
+    fetcher = ImageFetcher(label_studio_url=None, local_files_root=served)
+    first = fetcher.fetch("/data/local-files/?d=project/a.png")
+    assert fetcher.fetch("/data/local-files/?d=project/a.png") is first
+    assert not first.flags.writeable
+    path = served / "project" / "a.png"
+    path.write_bytes(png(np.full((6, 9), 99, np.uint8)))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    again = fetcher.fetch("/data/local-files/?d=project/a.png")
+    assert again is not first and int(again[0, 0]) == 99
+
+
+def test_cache_is_bounded(roots: tuple[Path, Path]) -> None:
+    served, _ = roots
+    for i in range(5):
+        (served / "project" / f"{i}.png").write_bytes(png(np.full((3, 3), i, np.uint8)))
+    fetcher = ImageFetcher(label_studio_url=None, local_files_root=served, cached_images=2)
+    arrays = [fetcher.fetch(f"/data/local-files/?d=project/{i}.png") for i in range(5)]
+    assert len(fetcher._decoded) == 2
+    assert fetcher.fetch("/data/local-files/?d=project/4.png") is arrays[4]
+    assert fetcher.fetch("/data/local-files/?d=project/0.png") is not arrays[0]
