@@ -26,9 +26,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from crowd_models import simulate_crowd  # noqa: E402
+from crowd_models import simulate_crowd
 
-from fusion import CrowdStaple, Staple, dice  # noqa: E402
+from fusion import CrowdStaple, Staple, dice
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,10 @@ def main() -> None:
     print(f"seed={args.seed} repeats={args.repeats} cpus={os.cpu_count()}")
 
     rows = []
-    cases = [("2D DRIVE 5x584x565", _drive_crowd(args.seed)), ("3D 5x128x256x256", _volume_crowd(args.seed))]
+    cases = [
+        ("2D DRIVE 5x584x565", _drive_crowd(args.seed)),
+        ("3D 5x128x256x256", _volume_crowd(args.seed)),
+    ]
     for name, masks in cases:
         if masks is None:
             print(f"{name}: skipped (no shared data)")
@@ -112,7 +115,10 @@ def main() -> None:
         rows.append((name, ours, ref, ref / ours, peak, agree))
 
     print()
-    print(f"{'case':<22} {'ours s':>8} {'SimpleITK s':>12} {'speed-up':>9} {'peak MiB':>9} {'Dice vs sitk':>13}")
+    print(
+        f"{'case':<22} {'ours s':>8} {'SimpleITK s':>12} {'speed-up':>9} "
+        f"{'peak MiB':>9} {'Dice vs sitk':>13}"
+    )
     for name, ours, ref, ratio, peak, agree in rows:
         print(f"{name:<22} {ours:>8.3f} {ref:>12.3f} {ratio:>8.1f}x {peak:>9.1f} {agree:>13.5f}")
 

@@ -36,10 +36,10 @@ class VotePatterns:
     inverse: npt.NDArray[np.intp]
 
 
-def _pack_codes(bits: BoolArray) -> npt.NDArray[np.uint64] | npt.NDArray[np.uint32]:
+def _pack_codes(bits: BoolArray) -> npt.NDArray[np.unsignedinteger]:
     """Pack (B, N) bool bits (B <= 64) into (N,) integer codes, bit b = row b."""
-    dtype = np.uint32 if bits.shape[0] <= 32 else np.uint64
-    code = np.zeros(bits.shape[1], dtype=dtype)
+    dtype: type[np.unsignedinteger] = np.uint32 if bits.shape[0] <= 32 else np.uint64
+    code: npt.NDArray[np.unsignedinteger] = np.zeros(bits.shape[1], dtype=dtype)
     for b in range(bits.shape[0]):
         code |= bits[b].astype(dtype) << dtype(b)
     return code
@@ -74,7 +74,7 @@ def vote_patterns(votes: BoolArray, present: BoolArray | None = None) -> VotePat
     elif n_bits <= 64:
         code64 = _pack_codes(bits)
         used64, inverse, counts = np.unique(code64, return_inverse=True, return_counts=True)
-        unique_bits = _unpack_codes(used64, n_bits)
+        unique_bits = _unpack_codes(np.asarray(used64, dtype=np.uint64), n_bits)
         counts = counts.astype(np.int64)
     else:
         rows, inverse, counts = np.unique(bits.T, axis=0, return_inverse=True, return_counts=True)

@@ -34,8 +34,9 @@ class CrowdFusionResult:
         probabilities: T posterior maps of foreground, float32, same shapes as ``masks``.
         reliability: {annotator id: float in [0, 1]}, Youden index ``sens + spec - 1``
             clipped at 0 (1 = perfect, 0 = spammer or inverted).
-        sensitivity: {annotator id: estimated sensitivity}.
-        specificity: {annotator id: estimated specificity}.
+        sensitivity: {annotator id: sensitivity over all voxels the annotator labelled,
+            measured against the fused masks}.
+        specificity: {annotator id: specificity, likewise}.
         fallback: None, or why the inversion/degeneracy guard replaced the EM result with a
             weighted vote (``masks`` and the rates then describe that vote).
         n_iter: EM iterations run. converged: whether ``tol`` was reached.
@@ -89,7 +90,7 @@ def _build_rows(
             raise ValueError(f"task {t}: {n_raters} masks but {len(ids)} annotator ids")
         if len(set(ids)) != n_raters:
             raise ValueError(f"task {t}: an annotator appears twice")
-        flat = m.reshape(n_raters, -1)
+        flat: BoolArray = m.reshape(n_raters, -1)
         gold_value = -1
         if t in gold:
             g = as_bool_array(gold[t], f"gold[{t}]")
@@ -134,36 +135,56 @@ def _build_rows(
     return rows, shapes
 
 
+@dataclass(frozen=True)
+class _Votes:
+    """A subset of the vote entries of :class:`_Rows`, fixed for the whole EM.
+
+    ``code = annotator + n_annotators · vote``, so one ``bincount`` gives both vote sums.
+    """
+
+    row: IntArray  # (E',) entry -> row
+    code: IntArray  # (E',) annotator index + n_annotators * vote
+
+    @staticmethod
+    def select(rows: _Rows, keep_rows: BoolArray, n_annotators: int) -> _Votes:
+        sel = keep_rows[rows.e_row]
+        return _Votes(row=rows.e_row[sel], code=rows.e_ann[sel] + n_annotators * rows.e_vote[sel])
+
+
 def _m_step(
     rows: _Rows,
-    estimate: BoolArray,
+    votes: _Votes,
+    row_weight: FloatArray,
     posterior: FloatArray,
     n_annotators: int,
     n_tasks: int,
     init: tuple[float, float],
     pseudo_count: float,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Annotator sensitivity/specificity and per-task prior from the rows in ``estimate``.
+    """Annotator sensitivity/specificity and per-task prior.
 
     ``p_a = (Σ c·W·[v=1] + k·p0) / (Σ c·W + k)`` and ``q_a = (Σ c·(1−W)·[v=0] + k·q0) /
-    (Σ c·(1−W) + k)`` over every vote of annotator a in an estimated row (c = voxel count,
-    k = ``pseudo_count``, a Beta prior towards ``init`` = (p0, q0)); the prior of task t is
-    ``Σ c·W / Σ c`` over its estimated rows. Returns (p (A,), q (A,), prior (T,)).
+    (Σ c·(1−W) + k)`` over the ``votes`` of annotator a (c = voxel count × ``row_weight``,
+    a (P,) float64 weight, 0 for rows left out; k = ``pseudo_count``, a Beta prior towards
+    ``init`` = (p0, q0)); the prior of task t is ``Σ c·W / Σ c`` over its rows.
+    Returns (p (A,), q (A,), prior (T,)).
     """
-    sel = estimate[rows.e_row]
-    e_row, e_ann, e_vote = rows.e_row[sel], rows.e_ann[sel], rows.e_vote[sel]
-    w_fg = (rows.counts * posterior)[e_row]
-    w_bg = (rows.counts * (1.0 - posterior))[e_row]
-    p_num = np.bincount(e_ann, weights=w_fg * e_vote, minlength=n_annotators)
-    p_den = np.bincount(e_ann, weights=w_fg, minlength=n_annotators)
-    q_num = np.bincount(e_ann, weights=w_bg * ~e_vote, minlength=n_annotators)
-    q_den = np.bincount(e_ann, weights=w_bg, minlength=n_annotators)
-    p = (p_num + pseudo_count * init[0]) / np.maximum(p_den + pseudo_count, 1e-300)
-    q = (q_num + pseudo_count * init[1]) / np.maximum(q_den + pseudo_count, 1e-300)
-    p = np.where(p_den + pseudo_count > 0, p, init[0])
-    q = np.where(q_den + pseudo_count > 0, q, init[1])
-    c = np.where(estimate, rows.counts, 0.0)
-    fg = np.bincount(rows.task, weights=c * posterior, minlength=n_tasks)
+    c = rows.counts * row_weight
+    c_fg = c * posterior
+    c_bg = c - c_fg
+    s_fg = np.bincount(votes.code, weights=c_fg[votes.row], minlength=2 * n_annotators)
+    s_bg = np.bincount(votes.code, weights=c_bg[votes.row], minlength=2 * n_annotators)
+    p_num, p_den = s_fg[n_annotators:], s_fg[:n_annotators] + s_fg[n_annotators:]
+    q_num, q_den = s_bg[:n_annotators], s_bg[:n_annotators] + s_bg[n_annotators:]
+    p = np.full(n_annotators, init[0])
+    q = np.full(n_annotators, init[1])
+    np.divide(
+        p_num + pseudo_count * init[0], p_den + pseudo_count, out=p, where=p_den + pseudo_count > 0
+    )
+    np.divide(
+        q_num + pseudo_count * init[1], q_den + pseudo_count, out=q, where=q_den + pseudo_count > 0
+    )
+    fg = np.bincount(rows.task, weights=c_fg, minlength=n_tasks)
     tot = np.bincount(rows.task, weights=c, minlength=n_tasks)
     prior = np.full(n_tasks, 0.5)
     np.divide(fg, tot, out=prior, where=tot > 0)
@@ -174,22 +195,50 @@ def _m_step(
     )
 
 
+def _truncation(
+    p: FloatArray, q: FloatArray, slot_task: IntArray, slot_ann: IntArray, n_tasks: int
+) -> FloatArray:
+    """(T,) log-odds correction ``log(1 − A_0) − log(1 − A_1)`` for EM on disagreement rows.
+
+    ``A_1 = Π p_r + Π (1 − p_r)`` and ``A_0 = Π q_r + Π (1 − q_r)`` (products over the raters
+    of the task) are the probabilities that all raters agree given truth 1 / 0, so
+    ``P(v | z, disagreement) = P(v | z) / (1 − A_z)``.
+    """
+    lp, l1p = np.log(p)[slot_ann], np.log1p(-p)[slot_ann]
+    lq, l1q = np.log(q)[slot_ann], np.log1p(-q)[slot_ann]
+
+    def total(x: FloatArray) -> FloatArray:
+        return np.bincount(slot_task, weights=x, minlength=n_tasks).astype(np.float64)
+
+    a1 = np.exp(total(lp)) + np.exp(total(l1p))
+    a0 = np.exp(total(lq)) + np.exp(total(l1q))
+    # A_z < 1 whenever rates are clipped inside (0, 1) and a task has >= 2 raters.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log1p(-np.minimum(a0, 1 - 1e-12)) - np.log1p(-np.minimum(a1, 1 - 1e-12))
+    return np.nan_to_num(out)
+
+
 def _e_step(
-    rows: _Rows, free: BoolArray, p: FloatArray, q: FloatArray, prior: FloatArray
+    rows: _Rows,
+    votes: _Votes,
+    free: BoolArray,
+    p: FloatArray,
+    q: FloatArray,
+    prior: FloatArray,
+    correction: FloatArray | None = None,
 ) -> FloatArray:
     """Posterior of foreground for the rows in ``free`` (other rows: 0, overwritten later).
 
-    ``log W/(1−W) = logit(g_t) + Σ_votes [v·log(p_a/(1−q_a)) + (1−v)·log((1−p_a)/q_a)]``.
-    Rates are clipped to [_EPS, 1−_EPS] by :func:`_m_step`, so every log is finite.
+    ``log W/(1−W) = logit(g_t) + Σ_votes [v·log(p_a/(1−q_a)) + (1−v)·log((1−p_a)/q_a)]``,
+    the sum over ``votes`` (the entries of the free rows). Rates are clipped to
+    [_EPS, 1−_EPS] by :func:`_m_step`, so every log is finite.
     """
-    sel = free[rows.e_row]
-    e_row, e_ann, e_vote = rows.e_row[sel], rows.e_ann[sel], rows.e_vote[sel]
-    llr_fg = np.log(p) - np.log1p(-q)
-    llr_bg = np.log1p(-p) - np.log(q)
-    contrib = np.where(e_vote, llr_fg[e_ann], llr_bg[e_ann])
-    logit = np.bincount(e_row, weights=contrib, minlength=rows.counts.size).astype(np.float64)
+    llr = np.concatenate([np.log1p(-p) - np.log(q), np.log(p) - np.log1p(-q)])
+    logit = np.bincount(votes.row, weights=llr[votes.code], minlength=rows.counts.size)
     g = prior[rows.task]
-    logit += np.log(g) - np.log1p(-g)
+    logit = logit + np.log(g) - np.log1p(-g)
+    if correction is not None:
+        logit = logit + correction[rows.task]
     # exp overflow for very confident rows gives 1/(1+inf) = 0, the correct limit.
     with np.errstate(over="ignore"):
         post = 1.0 / (1.0 + np.exp(-logit))
@@ -210,12 +259,21 @@ class CrowdStaple:
            parameter estimates: on thin, class-imbalanced structures the huge unanimous
            background would otherwise push every specificity to ≈1 and make a single
            foreground vote decisive. Parameters then mean "where the crowd disagrees".
+           With ``truncation`` the E-step uses the likelihood conditional on the raters
+           disagreeing, ``P(v | z) / (1 − P(all agree | z))``.
+           Chosen as default by measurement (``benchmarks/fusion_accuracy.py``, seed 0):
+           better than estimating on all voxels in all 9 settings (DRIVE, SAM-Med2D,
+           ISBI × 0/20/40 % spammers), e.g. DRIVE 0 %: Dice 0.967 vs 0.833; the
+           truncation raised the mean over the 6 spammer settings from 0.972 to 0.975.
+           Known weakness: spatially independent (salt-and-pepper) rater noise, where
+           estimating on all voxels is better (Dice 0.99 vs 0.93 on 64×64 disks, 5 %
+           flips).
         3. Gold tasks: the posterior is clamped to the gold mask.
         4. Initialise the posterior with the vote fraction (with gold tasks: with the
            E-step under the rates measured on the gold tasks); alternate the M-step (annotator
            p, q with a weak Beta prior, per-task prior g_t) and the E-step (posterior of
            the free rows) until no p, q or g changes by more than ``tol``.
-        5. Guard: if annotators holding most of the votes have ``p + q < 1`` (label
+        5. Guard: if annotators holding most of the votes have ``p + q < 1 − margin`` (label
            inversion), or the fused masks of most non-gold tasks are all-foreground or
            all-background where the majority vote is not (degenerate solution), the result
            is replaced by a weighted vote (weights: each annotator's Dice on the gold tasks,
@@ -234,11 +292,18 @@ class CrowdStaple:
         init_sensitivity, init_specificity: Beta-prior means p0, q0 in (0, 1).
         pseudo_count: strength (in voxels) of that Beta prior; keeps annotators with few
             disagreement voxels near (p0, q0).
+        truncation: with ``disagreement_only``, condition the E-step likelihood on
+            disagreement (step 2).
         guard: enable the inversion/degeneracy guard (step 5).
+        guard_margin: an annotator counts as inverted when ``p + q < 1 - guard_margin``
+            (spammers sit at p + q ≈ 1 and must not trigger the guard).
 
     Attributes:
         annotators_: list of annotator ids (order of the arrays below).
-        sensitivity_, specificity_: (A,) float64 estimated rates.
+        sensitivity_, specificity_: (A,) float64, each annotator's rates over all voxels
+            they labelled, measured against the fused masks (what ``reliability`` uses).
+        em_sensitivity_, em_specificity_: (A,) float64, the EM's own parameters (with
+            ``disagreement_only`` they are conditional on the raters disagreeing).
         task_prior_: (T,) float64 estimated foreground prior per task.
         fallback_: None or the guard's reason. n_iter_: int. converged_: bool.
 
@@ -259,11 +324,15 @@ class CrowdStaple:
     init_sensitivity: float = 0.8
     init_specificity: float = 0.8
     pseudo_count: float = 1.0
+    truncation: bool = True
     guard: bool = True
+    guard_margin: float = 0.1
 
     annotators_: list[Hashable] = field(init=False, repr=False)
     sensitivity_: FloatArray = field(init=False, repr=False)
     specificity_: FloatArray = field(init=False, repr=False)
+    em_sensitivity_: FloatArray = field(init=False, repr=False)
+    em_specificity_: FloatArray = field(init=False, repr=False)
     task_prior_: FloatArray = field(init=False, repr=False)
     fallback_: str | None = field(init=False, repr=False)
     n_iter_: int = field(init=False, repr=False)
@@ -274,6 +343,8 @@ class CrowdStaple:
         check_probability(self.threshold, "threshold")
         check_probability(self.init_sensitivity, "init_sensitivity", open_interval=True)
         check_probability(self.init_specificity, "init_specificity", open_interval=True)
+        if not 0 <= self.guard_margin < 1:
+            raise ValueError(f"guard_margin must be in [0, 1), got {self.guard_margin}")
         if not self.pseudo_count >= 0:
             raise ValueError(f"pseudo_count must be >= 0, got {self.pseudo_count}")
 
@@ -310,23 +381,35 @@ class CrowdStaple:
                 ann_index.setdefault(a, len(ann_index))
         n_ann, n_tasks = len(ann_index), len(tasks)
         rows, shapes = _build_rows(tasks, annotators, gold, ann_index)
+        slot_task = np.repeat(np.arange(n_tasks), [len(ids) for ids in annotators])
+        slot_ann = np.array([ann_index[a] for ids in annotators for a in ids], dtype=np.int64)
 
         is_gold = rows.gold >= 0
         decided = rows.unanimous & self.disagreement_only
         estimate = ~decided
         free = estimate & ~is_gold
+        row_weight = estimate.astype(np.float64)
+        m_votes = _Votes.select(rows, estimate, n_ann)
+        e_votes = _Votes.select(rows, free, n_ann)
         fixed = np.where(is_gold, rows.gold, np.where(decided, rows.mean_vote, 0.0))
-        w = np.where(free, rows.mean_vote, fixed)
+        w: FloatArray = np.where(free, rows.mean_vote, fixed)
         init = (self.init_sensitivity, self.init_specificity)
 
-        p = np.full(n_ann, init[0])
-        q = np.full(n_ann, init[1])
-        prior = np.full(n_tasks, 0.5)
+        p: FloatArray = np.full(n_ann, init[0])
+        q: FloatArray = np.full(n_ann, init[1])
+        prior: FloatArray = np.full(n_tasks, 0.5)
         if is_gold.any():
             # Start from the rates measured on the gold tasks: this pins the orientation
             # of the solution when a majority of the crowd is wrong in the same way.
             gold_p, gold_q, _ = _m_step(
-                rows, estimate & is_gold, w, n_ann, n_tasks, init, self.pseudo_count
+                rows,
+                _Votes.select(rows, estimate & is_gold, n_ann),
+                row_weight * is_gold,
+                w,
+                n_ann,
+                n_tasks,
+                init,
+                self.pseudo_count,
             )
             prior_0 = np.clip(
                 np.bincount(rows.task, weights=rows.counts * rows.mean_vote, minlength=n_tasks)
@@ -334,13 +417,18 @@ class CrowdStaple:
                 _EPS,
                 1 - _EPS,
             )
-            w = np.where(free, _e_step(rows, free, gold_p, gold_q, prior_0), fixed)
+            w = np.where(free, _e_step(rows, e_votes, free, gold_p, gold_q, prior_0), fixed)
         converged, n_iter = False, 0
         for n_iter in range(1, self.max_iter + 1):
             new_p, new_q, new_prior = _m_step(
-                rows, estimate, w, n_ann, n_tasks, init, self.pseudo_count
+                rows, m_votes, row_weight, w, n_ann, n_tasks, init, self.pseudo_count
             )
-            w = np.where(free, _e_step(rows, free, new_p, new_q, new_prior), fixed)
+            corr = (
+                _truncation(new_p, new_q, slot_task, slot_ann, n_tasks)
+                if self.disagreement_only and self.truncation
+                else None
+            )
+            w = np.where(free, _e_step(rows, e_votes, free, new_p, new_q, new_prior, corr), fixed)
             change = max(
                 float(np.abs(new_p - p).max()),
                 float(np.abs(new_q - q).max()),
@@ -351,14 +439,23 @@ class CrowdStaple:
                 converged = True
                 break
 
-        fallback = self._check(rows, estimate, w, p, q, n_ann) if self.guard else None
+        em_p, em_q = p, q
+        everywhere = np.ones(rows.counts.shape)
+        all_votes = _Votes.select(rows, everywhere > 0, n_ann)
+        # Reported rates: every voxel each annotator labelled against the fused mask
+        # (unconditional, unlike the EM's disagreement-only rates), with a tiny prior.
+        hard = (w > self.threshold).astype(np.float64)
+        p, q, _ = _m_step(rows, all_votes, everywhere, hard, n_ann, n_tasks, init, 1e-9)
+        fallback = self._check(rows, w, p, q, n_ann) if self.guard else None
         if fallback is not None:
             w = _fallback_vote(rows, is_gold, n_ann)
-            p, q, _ = _m_step(rows, estimate, w, n_ann, n_tasks, init, 0.0)
+            hard = (w > self.threshold).astype(np.float64)
+            p, q, _ = _m_step(rows, all_votes, everywhere, hard, n_ann, n_tasks, init, 1e-9)
 
         ids = list(ann_index)
         self.annotators_ = ids
         self.sensitivity_, self.specificity_, self.task_prior_ = p, q, prior
+        self.em_sensitivity_, self.em_specificity_ = em_p, em_q
         self.fallback_, self.n_iter_, self.converged_ = fallback, n_iter, converged
         reliability = youden_reliability(p, q)
         masks, probabilities = [], []
@@ -378,21 +475,15 @@ class CrowdStaple:
         )
 
     def _check(
-        self,
-        rows: _Rows,
-        estimate: BoolArray,
-        w: FloatArray,
-        p: FloatArray,
-        q: FloatArray,
-        n_ann: int,
+        self, rows: _Rows, w: FloatArray, p: FloatArray, q: FloatArray, n_ann: int
     ) -> str | None:
-        """Return why the EM solution is rejected, or None if it looks sane."""
-        sel = estimate[rows.e_row]
-        votes_per_ann = np.bincount(
-            rows.e_ann[sel], weights=rows.counts[rows.e_row[sel]], minlength=n_ann
-        )
+        """Return why the EM solution is rejected, or None if it looks sane.
+
+        ``p``, ``q`` are the annotators' rates over all their voxels against ``w``.
+        """
+        votes_per_ann = np.bincount(rows.e_ann, weights=rows.counts[rows.e_row], minlength=n_ann)
         total = votes_per_ann.sum()
-        inverted = p + q < 1.0
+        inverted = p + q < 1.0 - self.guard_margin
         if total > 0 and votes_per_ann[inverted].sum() > 0.5 * total:
             share = votes_per_ann[inverted].sum() / total
             return f"label inversion: annotators with {share:.0%} of the votes have sens+spec<1"
@@ -416,7 +507,7 @@ class CrowdStaple:
 
 def _fallback_vote(rows: _Rows, is_gold: BoolArray, n_ann: int) -> FloatArray:
     """Weighted-vote fraction per row; weights = pooled Dice on gold tasks (else 1)."""
-    weights = np.ones(n_ann)
+    weights: FloatArray = np.ones(n_ann)
     gold_entries = is_gold[rows.e_row]
     if gold_entries.any():
         e_row, e_ann = rows.e_row[gold_entries], rows.e_ann[gold_entries]

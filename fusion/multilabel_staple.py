@@ -18,7 +18,7 @@ def _label_patterns(labels: IntArray, n_labels: int) -> tuple[IntArray, IntArray
         for r in range(n_raters):
             code = code * n_labels + labels[r]
         used, inverse, counts = np.unique(code, return_inverse=True, return_counts=True)
-        patterns = np.empty((used.size, n_raters), dtype=np.int64)
+        patterns: IntArray = np.empty((used.size, n_raters), dtype=np.int64)
         rest = used.copy()
         for r in range(n_raters - 1, -1, -1):
             patterns[:, r] = rest % n_labels
@@ -154,7 +154,7 @@ class MultiLabelStaple:
         with np.errstate(divide="ignore"):
             log_prior = np.log(prior)
 
-        w = one_hot_share
+        w: FloatArray = one_hot_share
         confusion = np.broadcast_to(np.eye(n_cls), (n_raters, n_cls, n_cls)).copy()
         converged = False
         n_iter = 0

@@ -41,8 +41,8 @@ def _e_step(
     """
     # A rate of exactly 0 or 1 (a perfect or a useless rater, an all-empty image) makes
     # log(0) = -inf, which is the correct limit; the resulting -inf - -inf cases are fixed
-    # below.
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # below, and exp overflow gives 1 / (1 + inf) = 0, also the correct limit.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         log_fg = np.where(votes, np.log(sensitivity), np.log1p(-sensitivity))
         log_bg = np.where(votes, np.log1p(-specificity), np.log(specificity))
         ll_fg = np.log(prior) + np.where(present, log_fg, 0.0).sum(axis=1)
@@ -169,10 +169,10 @@ class Staple:
         np.divide((pat.votes & pat.present).sum(axis=1), n_present, out=w0, where=n_present > 0)
         mean_w0 = float(pat.counts @ w0 / pat.counts.sum())
         prior = mean_w0 if self.prior is None else self.prior
-        w = np.where(n_present > 0, w0, prior)
+        w: FloatArray = np.where(n_present > 0, w0, prior)
 
-        sens = np.ones(n_raters)
-        spec = np.ones(n_raters)
+        sens: FloatArray = np.ones(n_raters)
+        spec: FloatArray = np.ones(n_raters)
         converged = False
         n_iter = 0
         for n_iter in range(1, self.max_iter + 1):

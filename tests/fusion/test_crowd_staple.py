@@ -32,11 +32,14 @@ def _crowd(
     return tasks, anns, truths
 
 
-@pytest.mark.parametrize("disagreement_only", [True, False])
-def test_recovers_planted_reliabilities(disagreement_only: bool) -> None:
+@pytest.mark.parametrize(
+    ("disagreement_only", "truncation"), [(True, True), (True, False), (False, True)]
+)
+def test_recovers_planted_reliabilities(disagreement_only: bool, truncation: bool) -> None:
     flip = {"g1": 0.02, "g2": 0.05, "g3": 0.08, "m1": 0.2, "s1": 0.5, "s2": 0.5}
     tasks, anns, truths = _crowd(0, 60, flip, per_task=4)
-    result = CrowdStaple(disagreement_only=disagreement_only).fit_predict(tasks, anns)
+    algo = CrowdStaple(disagreement_only=disagreement_only, truncation=truncation)
+    result = algo.fit_predict(tasks, anns)
     rel = result.reliability
     assert set(rel) == set(flip)
     assert all(0.0 <= v <= 1.0 for v in rel.values())
@@ -107,7 +110,10 @@ def test_inversion_guard_triggers_on_adversarial_crowd() -> None:
     assert result.fallback is not None and "inversion" in result.fallback
     fused = np.mean([dice(m, t) for m, t in zip(result.masks[2:], truths[2:], strict=True)])
     mv = np.mean(
-        [dice(MajorityVote().fit_predict(m).mask, t) for m, t in zip(tasks[2:], truths[2:], strict=True)]
+        [
+            dice(MajorityVote().fit_predict(m).mask, t)
+            for m, t in zip(tasks[2:], truths[2:], strict=True)
+        ]
     )
     # weighted vote with gold-Dice weights follows the good raters; majority vote is inverted
     assert fused > 0.6 and mv < 0.2
@@ -116,24 +122,23 @@ def test_inversion_guard_triggers_on_adversarial_crowd() -> None:
     assert unguarded.fallback is None
 
 
-def test_degenerate_guard_triggers() -> None:
-    # Most annotators paint everything; without gold EM explains the crowd by an
-    # all-foreground truth, which the guard rejects.
+@pytest.mark.parametrize("disagreement_only", [True, False])
+def test_guard_does_not_fire_on_a_minority_of_full_painters(disagreement_only: bool) -> None:
+    # Two annotators paint everything; the three careful ones agree with the truth.
     rng = np.random.default_rng(5)
-    tasks, anns = [], []
+    tasks, anns, truths = [], [], []
     for _ in range(10):
         truth = _disk(rng)
         full = np.ones_like(truth)
         tasks.append(np.stack([truth, full, full, truth, truth]))
         anns.append(["a", "f1", "f2", "b", "c"])
-    result = CrowdStaple(disagreement_only=False).fit_predict(tasks, anns)
-    mv = [MajorityVote().fit_predict(m).mask for m in tasks]
-    if result.fallback is not None:
-        assert "degenerate" in result.fallback or "inversion" in result.fallback
-        for fused, vote in zip(result.masks, mv, strict=True):
-            np.testing.assert_array_equal(fused, vote)
-    else:
-        assert not all(m.all() for m in result.masks)
+        truths.append(truth)
+    result = CrowdStaple(disagreement_only=disagreement_only).fit_predict(tasks, anns)
+    assert result.fallback is None
+    for fused, truth in zip(result.masks, truths, strict=True):
+        np.testing.assert_array_equal(fused, truth)
+    assert result.reliability["a"] == pytest.approx(1.0, abs=1e-5)
+    assert result.reliability["f1"] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_one_rater_tasks_and_3d() -> None:

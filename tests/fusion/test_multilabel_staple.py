@@ -19,7 +19,10 @@ def test_recovers_truth_and_ranks_raters() -> None:
     truth = rng.integers(0, 3, (30, 30))
     noisy = [0.02, 0.1, 0.6]
     labels = np.stack(
-        [np.where(rng.random(truth.shape) < f, rng.integers(0, 3, truth.shape), truth) for f in noisy]
+        [
+            np.where(rng.random(truth.shape) < f, rng.integers(0, 3, truth.shape), truth)
+            for f in noisy
+        ]
     )
     algo = MultiLabelStaple()
     fused = algo.fit_predict(labels)

@@ -62,18 +62,27 @@ def test_missing_raters_per_rater_and_per_voxel() -> None:
     # rater 1 and 2 absent: rater 0 decides alone
     mask, _ = MajorityVote().fit_predict(masks, present=[True, False, False])
     assert mask.tolist() == [[True, True, False]]
-    # per voxel: rater 2 missing only in the last column, so 1 vs 1 becomes 0 vs 0+... tie
+    # per voxel: without presence the vote fractions are [1/3, 2/3, 1/3] -> [F, T, F]
     present = np.ones((3, 1, 3), bool)
-    present[0, 0, 0] = False  # voxel 0: votes 0, 0 -> background
-    present[:, 0, 2] = False  # voxel 2: nobody -> background, probability 0
+    present[0, 0, 1] = False  # voxel 1: votes 1, 0 -> tie -> background
+    present[:2, 0, 2] = False  # voxel 2: only rater 2 (votes 1) -> foreground
     result = MajorityVote().fit_predict(masks, present=present)
-    assert result.mask.tolist() == [[False, True, False]]
-    assert result.probability[0, 2] == 0.0
+    assert result.mask.tolist() == [[False, False, True]]
+    np.testing.assert_allclose(result.probability, [[1 / 3, 0.5, 1.0]])
+    present[:, 0, 0] = False  # voxel 0: nobody -> background, probability 0
+    result = MajorityVote().fit_predict(masks, present=present)
+    assert result.mask.tolist() == [[False, False, True]]
+    assert result.probability[0, 0] == 0.0
 
 
 @pytest.mark.parametrize(
     "bad",
-    [np.zeros((4, 4), bool), np.zeros((2, 3, 3, 3, 3), bool), np.full((2, 3, 3), 2), np.zeros((0, 3, 3))],
+    [
+        np.zeros((4, 4), bool),
+        np.zeros((2, 3, 3, 3, 3), bool),
+        np.full((2, 3, 3), 2),
+        np.zeros((0, 3, 3)),
+    ],
 )
 def test_bad_shapes_raise(bad: np.ndarray) -> None:
     with pytest.raises(ValueError):

@@ -152,3 +152,12 @@ def test_find_inputs_groups_a_dicom_series(tmp_path: Path) -> None:
     vol = read_volume(series)
     assert vol.array.shape == (3, 8, 8) and vol.modality == "CT"
     assert vol.spacing[2] == pytest.approx(3.0)
+
+
+def test_window_presets_agree_with_the_backend() -> None:
+    """configs/windows.yaml (importer) and the backend's CT_WINDOWS must not drift apart."""
+    from medcrowd.imaging import window_presets
+    from ml_backend.preprocessing import CT_WINDOWS
+
+    yaml_ct = {k: (v["width"], v["level"]) for k, v in window_presets()["ct"].items()}
+    assert yaml_ct == CT_WINDOWS
