@@ -66,8 +66,42 @@ def _stop(proc: subprocess.Popen[bytes] | None, grace_s: float = 15.0) -> None:
         proc.wait(timeout=5)
 
 
+class _ChildService:
+    """Start a command in its own session with its output in a log; stop the whole group."""
+
+    proc: subprocess.Popen[bytes] | None
+    _log: IO[bytes] | None
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def _launch(self, cmd: list[str], env: dict[str, str], log: Path, timeout_s: float) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log.open("ab")
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            wait_http(f"{self.url}/health", timeout_s, self.proc, log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
 @dataclass
-class LabelStudioProcess:
+class LabelStudioProcess(_ChildService):
     """Label Studio on SQLite, started with an admin user and API token.
 
     Args:
@@ -124,41 +158,14 @@ class LabelStudioProcess:
     def start(self, timeout_s: float = 400.0) -> None:
         """Start and wait for ``/health`` (first start runs migrations: about a minute)."""
         exe = shutil.which("label-studio") or str(Path(sys.executable).parent / "label-studio")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "start",
-                "--no-browser",
-                "--internal-host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--data-dir",
-                str(self.data_dir / "label-studio"),
-            ],
-            env=self.environment(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            wait_http(f"{self.url}/health", timeout_s, self.proc, self.log_path)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        data = str(self.data_dir / "label-studio")
+        cmd = [exe, "start", "--no-browser", "--internal-host", "127.0.0.1",
+               "--port", str(self.port), "--data-dir", data]  # fmt: skip
+        self._launch(cmd, self.environment(), self.log_path, timeout_s)
 
 
 @dataclass
-class BackendProcess:
+class BackendProcess(_ChildService):
     """``medcrowd backend serve`` as a child process; secrets travel in its environment."""
 
     port: int
@@ -186,40 +193,7 @@ class BackendProcess:
                 "MEDCROWD_BACKEND_PASSWORD": self.basic_auth[1],
             }
         )
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "medcrowd",
-                "backend",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--predictor",
-                self.predictor,
-                "--device",
-                self.device,
-                "--cache-dir",
-                str(self.cache_dir),
-            ],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            wait_http(f"{self.url}/health", timeout_s, self.proc, self.log_path)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        cmd = [sys.executable, "-m", "medcrowd", "backend", "serve", "--host", "127.0.0.1",
+               "--port", str(self.port), "--predictor", self.predictor, "--device", self.device,
+               "--cache-dir", str(self.cache_dir)]  # fmt: skip
+        self._launch(cmd, env, self.log_path, timeout_s)
