@@ -12,6 +12,7 @@ list alone and never creates a duplicate task.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 from collections.abc import Iterable
@@ -135,6 +136,7 @@ class Studio:
         project_id: int,
         files: Iterable[tuple[str, bytes]] | Iterable[tuple[str, bytes, dict[str, Any]]],
         batch: int = 20,
+        image_key: str = "image",
     ) -> ImportReport:
         """Upload images as tasks, skipping content already in the project.
 
@@ -142,11 +144,11 @@ class Studio:
             files: (name, PNG/JPEG bytes) or (name, bytes, metadata) items; metadata (e.g. the
                 slice geometry from :mod:`medcrowd.imaging`) is stored in the task's data
                 under ``"medcrowd"``.
+            image_key: the task data key the labeling config reads (``$image``).
         """
         known = self.task_hashes(project_id)
         report = ImportReport(failed=[])
-        pending: list[tuple[str, bytes]] = []
-        metas: dict[str, dict[str, Any]] = {}
+        pending: list[tuple[str, bytes, dict[str, Any] | None]] = []
         for item in files:
             name, data = item[0], item[1]
             digest = content_hash(data)
@@ -154,36 +156,43 @@ class Studio:
                 report.skipped += 1
                 continue
             known.add(digest)
-            if len(item) > 2:
-                metas[digest] = item[2]
             safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name)[-80:]
-            pending.append((f"mc{digest}_{safe}", data))
+            meta = item[2] if len(item) > 2 else None
+            pending.append((f"mc{digest}_{safe}", data, meta))
             if len(pending) >= batch:
-                report.created += self._upload(project_id, pending)
+                report.created += self._upload(project_id, pending, image_key)
                 pending = []
         if pending:
-            report.created += self._upload(project_id, pending)
-        if metas:
-            self._attach_metadata(project_id, metas)
+            report.created += self._upload(project_id, pending, image_key)
         return report
 
-    def _attach_metadata(self, project_id: int, metas: dict[str, dict[str, Any]]) -> None:
-        tasks: Iterable[Any] = self.client.tasks.list(project=project_id, fields="all")
-        for task in tasks:
-            data = dict(task.data or {})
-            if "medcrowd" in data:
-                continue
-            for value in data.values():
-                match = _HASH_RE.search(value) if isinstance(value, str) else None
-                if match and match.group(1) in metas:
-                    data["medcrowd"] = metas[match.group(1)]
-                    self.client.tasks.update(str(task.id), data=data)
-                    break
+    def _upload(
+        self, project_id: int, files: list[tuple[str, bytes, dict[str, Any] | None]], key: str
+    ) -> int:
+        """Upload a batch without creating tasks, then create them in one JSON import.
 
-    def _upload(self, project_id: int, files: list[tuple[str, bytes]]) -> int:
+        Two requests a batch instead of one upload plus a PATCH per task for the metadata.
+        """
         # Label Studio reads request.FILES.items(): one distinct field name per file.
-        multipart = [(f"file{i}", (name, data)) for i, (name, data) in enumerate(files)]
-        resp = self.request("POST", f"/api/projects/{project_id}/import", files=multipart)
+        multipart = [(f"file{i}", (name, data)) for i, (name, data, _) in enumerate(files)]
+        uploaded = self.request(
+            "POST",
+            f"/api/projects/{project_id}/import",
+            params={"commit_to_project": "false"},
+            files=multipart,
+        ).json()
+        ids = uploaded.get("file_upload_ids") or []
+        listed = self.request(
+            "GET", f"/api/projects/{project_id}/file-uploads", params={"ids": json.dumps(ids)}
+        ).json()
+        url_of = {Path(u["file"]).name.split("-", 1)[-1]: "/data/" + u["file"] for u in listed}
+        tasks = []
+        for name, _, meta in files:
+            data: dict[str, Any] = {key: url_of[name]}
+            if meta is not None:
+                data["medcrowd"] = meta
+            tasks.append(data)
+        resp = self.request("POST", f"/api/projects/{project_id}/import", json=tasks)
         return int(resp.json().get("task_count", 0))
 
     # -- people --------------------------------------------------------------------------
