@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from medcrowd.cli_synth import export_command, synth_app
 from medcrowd.settings import default_data_dir
 
 app = typer.Typer(
@@ -20,6 +21,8 @@ app = typer.Typer(
 )
 backend_app = typer.Typer(help="The Label Studio ML backend (MedSAM box → mask).")
 app.add_typer(backend_app, name="backend")
+app.add_typer(synth_app, name="synth")
+app.command("export")(export_command)
 console = Console()
 err = Console(stderr=True)
 
