@@ -260,6 +260,8 @@ def fuse(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     note = f"; guard fell back: {report.fallback}" if report.fallback else ""
+    if report.volumes:
+        note += f"; {report.volumes} source volume(s) rebuilt"
     console.print(
         f"{report.tasks} tasks fused with {method} ({report.flagged} flagged, "
         f"{report.annotators} annotators) → {report.out}{note}"

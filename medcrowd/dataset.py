@@ -7,6 +7,7 @@ Layout::
       manifest.jsonl               one JSON record per annotation version (append-only)
       images/task-<id><ext>        the task image as Label Studio serves it
       masks/task-<id>/ann-<id>-<v>.png   the annotator's brush mask, 0/255, image size
+      tasks/task-<id>.json         the task's import metadata (slice geometry), if any
 
 A record is appended only after its files are on disk (atomic rename), and with an fsync,
 so a pull killed at any point leaves a manifest that lists only complete records; a torn last
@@ -144,6 +145,14 @@ class Dataset:
             fh.truncate(data.rfind(b"\n") + 1)
 
     # -- files ------------------------------------------------------------------------------
+    def write_task_meta(self, task: int, meta: dict[str, Any]) -> None:
+        """Keep what import stored in the task (e.g. slice geometry) beside the masks."""
+        _atomic_write(self.root / "tasks" / f"task-{task}.json", json.dumps(meta).encode())
+
+    def task_meta(self, task: int) -> dict[str, Any] | None:
+        path = self.root / "tasks" / f"task-{task}.json"
+        return dict(json.loads(path.read_text())) if path.exists() else None
+
     def image_path(self, task: int, suffix: str) -> Path:
         return self.root / "images" / f"task-{task}{suffix}"
 

@@ -5,6 +5,8 @@ Gold annotations (Label Studio's ground-truth flag) are not votes: they score th
 ``DATASET/fused-<method>/``::
 
     masks/task-<id>.png, masks/task-<id>.nii.gz   fused mask (0/255 PNG; NIfTI 0/1)
+    volumes/<source>_<axis>.nii.gz   fused slices put back into imported volumes, in the
+                      source geometry (tasks that carry medcrowd import metadata)
     tasks.csv         task, annotators, agreement (mean pairwise Dice), flagged, reason
     report.png        reliability vs gold, agreement histogram, the worst tasks overlaid
     reliability.csv   annotator, email, tasks, reliability, dice_vs_gold, dice_vs_consensus
@@ -45,6 +47,7 @@ class FuseReport:
     flagged: int = 0
     annotators: int = 0
     fallback: str | None = None
+    volumes: int = 0
     fused: dict[int, tuple[npt.NDArray[np.bool_], float]] = field(default_factory=dict)
 
 
@@ -171,6 +174,7 @@ def fuse_dataset(
             }
         )
     _write_csv(out / "tasks.csv", rows)
+    report.volumes = _write_volumes(dataset, out, tasks, fused)
     _report(dataset, out, options.method, tasks, fused, reliability, gold_dice)
     rel_rows = [
         {
@@ -224,6 +228,43 @@ def _report(
     write_report(
         out / "report.png", method, reliability, gold_dice, [a for a, _, _ in scored], worst
     )
+
+
+def _write_volumes(
+    dataset: Dataset, out: Path, tasks: list[_Task], fused: list[npt.NDArray[np.bool_]]
+) -> int:
+    """Put fused slices back into their source volumes (tasks imported by medcrowd import).
+
+    One ``volumes/<source>_<axis>.nii.gz`` per source volume and axis, in the source's
+    spacing, origin and direction; slices nobody labelled stay 0.
+    """
+    import SimpleITK as sitk
+
+    from medcrowd.imaging import AXES, SliceMeta, mask_to_volume
+
+    groups: dict[tuple[str, str], list[tuple[SliceMeta, npt.NDArray[np.bool_]]]] = {}
+    for t, mask in zip(tasks, fused, strict=True):
+        raw = dataset.task_meta(t.task)
+        if not raw:
+            continue
+        try:
+            meta = SliceMeta.from_dict(raw)
+        except (KeyError, TypeError, ValueError):
+            continue  # metadata from another tool: the 2-D outputs still stand
+        groups.setdefault((meta.source, meta.axis), []).append((meta, mask))
+    (out / "volumes").mkdir(exist_ok=True)
+    for (source, axis), items in groups.items():
+        image = mask_to_volume(items[0][1], items[0][0])
+        volume = sitk.GetArrayFromImage(image)
+        for meta, mask in items[1:]:
+            index: list[Any] = [slice(None)] * 3
+            index[AXES[meta.axis]] = meta.index
+            volume[tuple(index)] = mask.astype(np.uint8)
+        merged = sitk.GetImageFromArray(volume)
+        merged.CopyInformation(image)
+        name = Path(source).name.removesuffix(".gz").rsplit(".", 1)[0] or "volume"
+        sitk.WriteImage(merged, str(out / "volumes" / f"{name}_{axis}.nii.gz"))
+    return len(groups)
 
 
 def _write_mask(folder: Path, task: int, mask: npt.NDArray[np.bool_]) -> None:

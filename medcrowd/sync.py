@@ -105,6 +105,9 @@ def pull(
         if not todo:
             continue
         image_rel, width, height = _fetch_image(studio, dataset, task)
+        meta = (task.get("data") or {}).get("medcrowd")
+        if isinstance(meta, dict):
+            dataset.write_task_meta(int(task["id"]), meta)
         for ann in todo:
             annotator, email = _annotator(ann.get("completed_by"))
             results = ann.get("result") or []

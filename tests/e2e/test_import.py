@@ -59,3 +59,41 @@ def test_import_volume_dicom_and_bad_file(
     assert mask_to_volume(labels[4], meta).TransformIndexToPhysicalPoint(
         (10, 20, 4)
     ) == pytest.approx(src.TransformIndexToPhysicalPoint((10, 20, 4)))
+
+
+def test_pull_and_fuse_rebuild_the_volume(
+    label_studio: StudioHandle, shared_data: Path, tmp_path: Path
+) -> None:
+    """import → annotate a slice → pull → fuse: the mask lands in the source volume."""
+    from ml_backend.labeling import brush_result
+
+    images, labels = em_volume(shared_data, n=4)
+    write_volume(images, tmp_path / "em.nrrd")
+    title = f"rebuild {uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "MEDCROWD_URL": label_studio.url, "MEDCROWD_TOKEN": label_studio.token}
+
+    def cli(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "medcrowd", *args], capture_output=True,
+                              text=True, env=env, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    cli("import", str(tmp_path / "em.nrrd"), "--project", title, "--modality", "CT")
+    studio = Studio(label_studio.url, label_studio.token)
+    project_id = studio.find_project(title)
+    assert project_id is not None
+    for task in studio.client.tasks.list(project=project_id, fields="all"):
+        if SliceMeta.from_dict(task.data["medcrowd"]).index == 2:
+            studio.client.annotations.create(
+                int(task.id), result=[brush_result(labels[2], "Organ")]
+            )
+    out = tmp_path / "ds"
+    cli("pull", str(out), "--project", title)
+    assert "1 source volume(s) rebuilt" in cli("fuse", str(out), "--method", "majority")
+    rebuilt = sitk.ReadImage(str(out / "fused-majority" / "volumes" / "em_axial.nii.gz"))
+    arr = sitk.GetArrayFromImage(rebuilt)
+    np.testing.assert_array_equal(arr[2], labels[2])
+    assert arr.sum() == labels[2].sum()
+    src = sitk.ReadImage(str(tmp_path / "em.nrrd"))
+    np.testing.assert_allclose(rebuilt.GetDirection(), src.GetDirection())
+    np.testing.assert_allclose(rebuilt.GetOrigin(), src.GetOrigin())
