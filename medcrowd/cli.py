@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from medcrowd.cli_synth import export_command, synth_app
+from medcrowd.console import console, err, progress
 from medcrowd.settings import default_data_dir
 
 app = typer.Typer(
@@ -23,8 +23,6 @@ backend_app = typer.Typer(help="The Label Studio ML backend (MedSAM box → mask
 app.add_typer(backend_app, name="backend")
 app.add_typer(synth_app, name="synth")
 app.command("export")(export_command)
-console = Console()
-err = Console(stderr=True)
 
 
 @app.command()
@@ -196,15 +194,6 @@ def _project_id(studio: Any, project: str) -> int:
     return int(found)
 
 
-def _progress(description: str) -> Any:
-    from rich.progress import track
-
-    def wrap(items: Any, total: int) -> Any:
-        return track(items, total=total, description=description, console=err)
-
-    return wrap
-
-
 @app.command()
 def pull(
     out: Annotated[Path, typer.Argument(help="Dataset folder (created or updated).")],
@@ -226,7 +215,7 @@ def pull(
         err.print(f"pulled task {rec.task} annotation {rec.annotation}", highlight=False)
 
     try:
-        report = do_pull(studio, pid, out, on_record=on_record, progress=_progress("pull"))
+        report = do_pull(studio, pid, out, on_record=on_record, progress=progress("pull"))
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -254,7 +243,7 @@ def fuse(
         report = fuse_dataset(
             dataset,
             FuseOptions(method=method, min_annotators=min_annotators, min_agreement=min_agreement),
-            progress=_progress("fuse"),
+            progress=progress("fuse"),
         )
     except (ValueError, FileNotFoundError) as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -334,7 +323,7 @@ def import_(
             studio, pid, path,
             ImportOptions(axis=axis, every=every, content_only=content_only, window=window,
                           modality=modality),
-            progress=_progress("import"),
+            progress=progress("import"),
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+
+from medcrowd.console import console, err, progress
 
 __all__ = ["export_command", "synth_app"]
 
@@ -20,8 +21,6 @@ synth_app = typer.Typer(
     help="Synthetic image–mask pairs: pix2pix mask → image, new masks by deformation.",
     no_args_is_help=True,
 )
-console = Console()
-err = Console(stderr=True)
 
 # what the engines raise for bad input or missing files; anything else is a bug → traceback
 _USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
@@ -196,8 +195,6 @@ def export_command(
     ] = None,
 ) -> None:
     """Export real/fused + synthetic pairs as nnU-Net v2 raw data, NIfTI or PNG."""
-    from rich.progress import track
-
     from medcrowd.export import ExportOptions, export_dataset
 
     options = ExportOptions(
@@ -210,11 +207,8 @@ def export_command(
         label_names=list(label or []),
     )
 
-    def progress(items: Any, total: int) -> Any:
-        return track(items, total=total, description="export", console=err)
-
     try:
-        report = export_dataset(dataset, out, options, progress=progress)
+        report = export_dataset(dataset, out, options, progress=progress("export"))
     except _USER_ERRORS as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
