@@ -73,6 +73,10 @@ def brush_result(
     }
 
 
+HINT_CONTROL = "sqa_error"
+"""Name of the brush control ``medcrowd select`` adds for the predicted-error layer."""
+
+
 @functools.lru_cache(maxsize=64)
 def parse_label_config(xml: str) -> LabelingConfig:
     """Find the image, brush and rectangle controls in a labeling config.
@@ -89,7 +93,8 @@ def parse_label_config(xml: str) -> LabelingConfig:
     images = {el.get("name"): el.get("value", "") for el in root.iter("Image")}
     if not images:
         raise InvalidInput("label_config has no <Image> tag")
-    brushes = list(root.iter("BrushLabels"))
+    # ``sqa_error`` is medcrowd's read-only hint layer (``medcrowd select``), never the mask
+    brushes = [b for b in root.iter("BrushLabels") if b.get("name") != HINT_CONTROL]
     if not brushes:
         raise InvalidInput("label_config has no <BrushLabels> control for the mask")
     brush = brushes[0]

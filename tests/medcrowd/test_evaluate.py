@@ -1,0 +1,164 @@
+"""``medcrowd evaluate`` on tiny real data (ISBI 2012 at 64 px, a few dozen steps).
+
+These prove the plumbing — splits, crowd simulation + fusion, pix2pix, four arms, table and
+chart — not the accuracy claim, which needs the full run in the README.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from medcrowd.cli import app
+from medcrowd.evaluate import EvaluateOptions, evaluate, simulate_fused
+from tests.helpers import shared_data_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def isbi() -> Path:
+    root = shared_data_dir() / "isbi2012_em" / "train"
+    if not (root / "image").is_dir():
+        pytest.skip(f"ISBI 2012 not found under {root} (set MEDCROWD_SHARED_DATA)")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(isbi: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 ISBI slices cropped to 128² (membranes = 1): a quick but real dataset."""
+    out = tmp_path_factory.mktemp("isbi-tiny")
+    (out / "images").mkdir()
+    (out / "masks").mkdir()
+    for path in sorted((isbi / "image").iterdir())[:12]:
+        image = np.asarray(Image.open(path))[:128, :128]
+        label = np.asarray(Image.open(isbi / "label" / path.name))[:128, :128]
+        Image.fromarray(image).save(out / "images" / f"{path.stem}.png")
+        membrane = ((label == 0) * 255).astype(np.uint8)
+        Image.fromarray(membrane).save(out / "masks" / f"{path.stem}.png")
+    return out
+
+
+OPTS = dict(size=64, steps=30, channels=(8, 16, 32), synth_steps=20, synth_ngf=8,
+            batch_size=4, expert_count=3, test_fraction=0.25, device="cpu")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, list[str]]:
+    out = tmp_path_factory.mktemp("evaluate")
+    options = EvaluateOptions(seeds=(0, 1), **OPTS)  # type: ignore[arg-type]
+    stages: list[str] = []
+    report = evaluate(tiny, out, options, progress=lambda s, d, t: stages.append(s))
+    return out, report, stages
+
+
+def test_four_arms_two_seeds(two_seeds: tuple[Path, Any, list[str]]) -> None:
+    tmp_path, report, stages = two_seeds
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [(r["arm"], r["seed"]) for r in rows] == [
+        (arm, str(seed)) for seed in (0, 1) for arm in ("expert", "crowd", "synthetic", "ceiling")
+    ]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    n_test, pool = len(summary["test_images"]), summary["pool"]
+    assert n_test == 3 and pool == 9
+    pairs = {r["arm"]: int(r["train_pairs"]) for r in rows if r["seed"] == "0"}
+    assert pairs == {"expert": 3, "crowd": 9, "synthetic": 18, "ceiling": 9}
+    for row in rows:
+        assert 0.0 <= float(row["dice"]) <= 1.0 and 0.0 <= float(row["accuracy"]) <= 1.0
+    # the test images never reach any training set
+    for arm in ("expert", "crowd", "ceiling"):
+        names = {p.stem for p in (tmp_path / "seed-0" / arm / "images").iterdir()}
+        assert not names & set(summary["test_images"])
+        assert not {n.removeprefix("crowd-") for n in names} & set(summary["test_images"])
+    # crowd quality is reported and the fused labels are close to the expert masks
+    quality = summary["crowd_quality"]["0"]
+    assert quality["fused_dice"] > 0.6, quality
+    table = (tmp_path / "table.md").read_text()
+    for title in ("(a) expert subset", "(b) + crowd-fused", "(c) + synthetic", "(d) all expert"):
+        assert title in table
+    assert report.table == table
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any("pix2pix" in s for s in stages) and any("training on" in s for s in stages)
+    # std over two seeds is a real spread, not a constant
+    assert summary["arms"]["expert"]["dice"]["std"] is not None
+
+
+def test_same_seed_same_numbers(tiny: Path, tmp_path: Path) -> None:
+    options = EvaluateOptions(seeds=(3,), arms=("expert",), **OPTS)  # type: ignore[arg-type]
+    a = evaluate(tiny, tmp_path / "a", options).rows
+    b = evaluate(tiny, tmp_path / "b", options).rows
+    assert a == b
+
+
+def test_crowd_folder_with_a_test_image_is_refused(
+    tiny: Path, tmp_path: Path, two_seeds: tuple[Path, Any, list[str]]
+) -> None:
+    options = EvaluateOptions(seeds=(0,), **OPTS)  # type: ignore[arg-type]
+    leaked = two_seeds[1].summary["test_images"][0]
+    crowd = tmp_path / "crowd"
+    (crowd / "images").mkdir(parents=True)
+    (crowd / "masks").mkdir()
+    shutil.copy(tiny / "images" / f"{leaked}.png", crowd / "images" / "x.png")
+    shutil.copy(tiny / "masks" / f"{leaked}.png", crowd / "masks" / "x.png")
+    with pytest.raises(ValueError, match="test images"):
+        evaluate(tiny, tmp_path / "out", options, crowd=crowd)
+
+
+def test_simulated_crowd_uses_gold_and_beats_noise() -> None:
+    yy, xx = np.mgrid[:48, :48]
+    masks = np.stack(
+        [((yy - 24) ** 2 + (xx - 20 - k) ** 2 < (8 + k) ** 2).astype(np.uint8) for k in range(6)]
+    )
+    fused, report = simulate_fused(
+        masks, gold=[0, 1], models=("good", "good", "sloppy", "spammer_random"),
+        raters_per_task=3, seed=0,
+    )  # fmt: skip
+    assert fused.shape == masks.shape and set(np.unique(fused)) <= {0, 1}
+    assert np.array_equal(fused[:2], masks[:2])  # gold tasks are clamped
+    assert report["fused_dice"] > 0.85
+    assert set(report["reliability"]) <= {
+        "a00-good", "a01-good", "a02-sloppy", "a03-spammer_random"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--expert-count", "0"], "--expert-count must be >= 1"),
+        (["--seeds", "a,b"], "comma-separated integers"),
+        (["--arms", "expert,bogus"], "unknown arms"),
+        (["--crowd-models", "good,nobody"], "unknown crowd models"),
+        (["--size", "50"], "multiple of 16"),
+    ],
+)
+def test_cli_rejects_bad_options(tiny: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["evaluate", str(tiny), "--out", str(tmp_path), *args])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_missing_folder(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nope"), "--quick"])
+    assert result.exit_code == 1
+    assert "no image" in result.output or "not" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_quick_writes_table(tiny: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", str(tiny), "--out", str(tmp_path), "--quick", "--expert-count", "3",
+         "--test-fraction", "0.25", "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "| (c) + synthetic |" in result.output
+    assert (tmp_path / "table.md").is_file() and (tmp_path / "chart.png").is_file()
