@@ -171,7 +171,8 @@ def _read_labelled(data: Path, invert: bool, method: str) -> tuple[list[Any], li
 
 
 def _train(kind: str, data: Path, out: Path, size: int, steps: int, seed: int, device: str,
-           invert: bool, method: str) -> None:  # fmt: skip
+           invert: bool, method: str, folds: int = 3,
+           channels: tuple[int, ...] = (16, 32, 64, 128)) -> None:  # fmt: skip
     import numpy as np
 
     from segmenter.data import resize_pair, to_gray
@@ -186,7 +187,7 @@ def _train(kind: str, data: Path, out: Path, size: int, steps: int, seed: int, d
              for i, m in zip(images, masks, strict=True)]  # fmt: skip
     x = np.stack([p[0] for p in pairs])
     y = np.stack([p[1] for p in pairs])
-    config = SegmenterConfig(size=size, steps=steps, seed=seed, device=device)
+    config = SegmenterConfig(size=size, steps=steps, seed=seed, device=device, channels=channels)
     model: Any
     if kind == "segmenter":
         from segmenter.trainer import Segmenter
@@ -195,7 +196,7 @@ def _train(kind: str, data: Path, out: Path, size: int, steps: int, seed: int, d
     else:
         from segmenter.sqa import QualityAssessor
 
-        model = QualityAssessor(config)
+        model = QualityAssessor(config, folds=folds)
     with _stages() as update:
         losses = model.fit(x, y, on_step=lambda d, t, _l: update(f"training {kind}", d, t))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +206,7 @@ def _train(kind: str, data: Path, out: Path, size: int, steps: int, seed: int, d
 
 _TrainData = Annotated[Path, typer.Argument(help="Labelled pairs or a pulled + fused dataset.")]
 _TrainOut = Annotated[Path, typer.Option(help="Model file to write.")]
+_Channels = Annotated[str, typer.Option(help="U-Net channels per level.")]
 
 
 @train_app.command("segmenter")
@@ -218,11 +220,13 @@ def train_segmenter(
     method: Annotated[str, typer.Option(help="Fused-label method of a dataset.")] = (
         "crowd-staple"
     ),
+    channels: _Channels = "16,32,64,128",
     device: DeviceOpt = "auto",
 ) -> None:
     """Train the downstream segmenter; `medcrowd backend serve --draft-model` serves it."""
     try:
-        _train("segmenter", data, out, size, steps, seed, device, invert_masks, method)
+        _train("segmenter", data, out, size, steps, seed, device, invert_masks, method,
+               channels=_ints(channels, "--channels"))  # fmt: skip
     except _USER_ERRORS as exc:
         raise _fail(exc) from None
 
@@ -238,11 +242,17 @@ def train_sqa(
     method: Annotated[str, typer.Option(help="Fused-label method of a dataset.")] = (
         "crowd-staple"
     ),
+    folds: Annotated[int, typer.Option(help="Folds for the out-of-fold error targets.")] = 3,
+    channels: _Channels = "16,32,64,128",
     device: DeviceOpt = "auto",
 ) -> None:
-    """Train the segmentation-quality assessor (segmentation + error-map branches)."""
+    """Train the segmentation-quality assessor (segmentation + error-map branches).
+
+    The error branch learns from out-of-fold segmentations (k fold networks), never from the
+    network's errors on its own training images."""
     try:
-        _train("sqa", data, out, size, steps, seed, device, invert_masks, method)
+        _train("sqa", data, out, size, steps, seed, device, invert_masks, method, folds,
+               _ints(channels, "--channels"))  # fmt: skip
     except _USER_ERRORS as exc:
         raise _fail(exc) from None
 
@@ -308,9 +318,7 @@ def _live(k: int, project: int, model: Path | None, strategy: str, dry_run: bool
         raise ValueError("a Label Studio token is needed (--token or MEDCROWD_LABEL_STUDIO_TOKEN)")
     options = SelectOptions(k=k, strategy=strategy, dry_run=dry_run, seed=seed, device=device)
     studio = Studio(url, token)
-    report = select_tasks(
-        studio, project, model, options, progress=lambda it, n: progress(it, n, "assessing")
-    )
+    report = select_tasks(studio, project, model, options, progress=progress("assessing tasks"))
     table = Table("rank", "task", "predicted quality", "error area", "selected")
     for i, row in enumerate(report.ranked[: max(k, 10)]):
         err_area = row.get("error_fraction")

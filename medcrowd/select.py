@@ -198,8 +198,8 @@ def select_tasks(
             for p in studio.client.predictions.list(task=task_id)
             if str(p.model_version or "").startswith(("sqa-", "select-random-"))
         ]
-        row = selected.get(task_id)
-        if row is None:
+        chosen = selected.get(task_id)
+        if chosen is None:
             for stale in ours:
                 studio.client.predictions.delete(int(stale.id))
                 report.removed += 1
@@ -226,7 +226,7 @@ def select_tasks(
             if error.any():
                 result.append(brush_result(error, ERROR_LABEL, ERROR_CONTROL, labels.image_name))
         studio.client.predictions.create(
-            task=task_id, result=result, model_version=version, score=float(row["score"])
+            task=task_id, result=result, model_version=version, score=float(chosen["score"])
         )
         report.pushed += 1
     studio.request(

@@ -7,15 +7,26 @@ hosted one.
 Images are uploaded (``/api/projects/{id}/import``) under a name that starts with the first
 16 hex digits of their SHA-256, so re-importing the same pixels is detected from the task
 list alone and never creates a duplicate task.
+
+Every request, the SDK's included, goes through one retrying transport (:class:`RetryPolicy`):
+a Label Studio that is restarting (connection refused or reset, 502/503/504 from a proxy) is
+waited for with exponential backoff instead of failing the command. Only what cannot create
+anything twice is retried: any request that never reached the server (the connection was
+refused), and idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE) whose answer was lost or
+cut off. A POST whose answer was lost is never resent: it may have been stored. When the
+budget runs out the request fails with :class:`LabelStudioUnavailable`, which says so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import random
 import re
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +34,146 @@ from typing import Any
 import httpx
 from label_studio_sdk import LabelStudio
 
-__all__ = ["ImportReport", "Studio", "content_hash"]
+__all__ = [
+    "ImportReport",
+    "LabelStudioUnavailable",
+    "RetryPolicy",
+    "Studio",
+    "content_hash",
+]
+
+log = logging.getLogger("medcrowd.studio")
 
 _HASH_RE = re.compile(r"(?:^|[/-])mc([0-9a-f]{16})_")
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_RETRY_STATUS = frozenset({502, 503, 504})
+_NO_RETRY = "medcrowd_no_retry"
+"""Request extension that turns retrying off for one request (health probes)."""
+
+
+class LabelStudioUnavailable(httpx.TransportError, RuntimeError):
+    """Label Studio did not answer a request within the retry budget.
+
+    A ``RuntimeError`` for the CLI (a message, not a traceback) and an ``httpx.TransportError``
+    for code that already handles unreachable hosts.
+    """
+
+    def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
+        super().__init__(message, request=request)
+
+    @classmethod
+    def after(cls, exc: httpx.TransportError, note: str) -> LabelStudioUnavailable:
+        """This error for ``exc`` (any transport failure) with ``note`` on what was done."""
+        request = exc._request  # None when the failure had no request attached
+        return cls(f"{exc} {note}", request=request)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a request waits for a Label Studio that does not answer.
+
+    Attributes:
+        budget_s: most seconds spent waiting between attempts of one request; 0 never
+            retries (benchmarks, which count every failure as the UI would see it).
+        first_delay_s: the first wait; each next one doubles, up to ``max_delay_s``, with
+            ±20 % jitter so that many clients do not come back in lockstep.
+    """
+
+    budget_s: float = 120.0
+    first_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.budget_s < 0 or self.first_delay_s <= 0 or self.max_delay_s < self.first_delay_s:
+            raise ValueError(
+                "retry policy needs budget_s >= 0 and 0 < first_delay_s <= max_delay_s"
+            )
+
+    def delays(self) -> Iterable[float]:
+        """The successive waits, until their sum would pass ``budget_s``."""
+        spent, delay = 0.0, self.first_delay_s
+        while True:
+            wait = delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
+            if spent + wait > self.budget_s:
+                return
+            spent += wait
+            yield wait
+            delay = min(delay * 2.0, self.max_delay_s)
+
+
+class _RetryTransport(httpx.BaseTransport):
+    """``httpx.HTTPTransport`` that retries what is safe to retry (see the module docstring).
+
+    Response bodies are read inside the retry loop, so a body cut off by a restarting server
+    is fetched again (for idempotent methods); streaming callers get the whole body at once.
+    """
+
+    def __init__(
+        self, policy: RetryPolicy, on_retry: Callable[[str, float], None] | None = None
+    ) -> None:
+        self.policy = policy
+        self.on_retry = on_retry
+        self._inner = httpx.HTTPTransport()
+        self._count = 0
+        self._count_lock = threading.Lock()
+
+    @property
+    def retries(self) -> int:
+        """Attempts repeated so far, over every request."""
+        return self._count
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.extensions.get(_NO_RETRY):
+            return self._inner.handle_request(request)
+        delays = iter(self.policy.delays())
+        idempotent = request.method in _IDEMPOTENT
+        while True:
+            try:
+                response = self._inner.handle_request(request)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                reason = f"{type(exc).__name__}: {exc}"  # never reached it: safe for any method
+            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+                if not idempotent:
+                    raise  # a POST may have been stored: resending could create it twice
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code in _RETRY_STATUS and idempotent:
+                    response.close()
+                    reason = f"HTTP {response.status_code}"
+                else:
+                    try:
+                        raw = b"".join(response.iter_raw())
+                    except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
+                        if not idempotent:
+                            raise
+                        reason = f"{type(exc).__name__} reading the body: {exc}"
+                    else:
+                        return httpx.Response(
+                            response.status_code,
+                            headers=response.headers,
+                            stream=httpx.ByteStream(raw),
+                            extensions=response.extensions,
+                            request=request,
+                        )
+                    finally:
+                        response.close()
+            delay = next(delays, None)
+            where = f"{request.method} {request.url.copy_with(query=None)}"
+            if delay is None:
+                raise LabelStudioUnavailable(
+                    f"Label Studio did not answer {where} ({reason}) within "
+                    f"{self.policy.budget_s:.0f} s of retries; is it running?",
+                    request=request,
+                )
+            with self._count_lock:
+                self._count += 1
+            log.warning("Label Studio: %s on %s; retrying in %.1f s", reason, where, delay)
+            if self.on_retry is not None:
+                self.on_retry(reason, delay)
+            time.sleep(delay)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def content_hash(data: bytes) -> str:
@@ -49,13 +197,38 @@ class Studio:
         url: base URL, e.g. ``http://127.0.0.1:8080``.
         token: a legacy API token or a personal access token.
         timeout_s: per-request timeout.
+        retry: how long to wait for a Label Studio that does not answer (the SDK's own
+            retries are off: they would resend a POST whose answer was lost).
+        on_retry: called with (reason, seconds to wait) before each retry (progress output).
     """
 
-    def __init__(self, url: str, token: str, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        timeout_s: float = 60.0,
+        retry: RetryPolicy | None = None,
+        on_retry: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
-        self.client = LabelStudio(base_url=self.url, api_key=token, timeout=timeout_s)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout_s)
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._transport = _RetryTransport(self.retry, on_retry)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s, transport=self._transport)
+        self.client = LabelStudio(
+            base_url=self.url,
+            api_key=token,
+            timeout=timeout_s,
+            max_retries=0,
+            httpx_client=httpx.Client(
+                timeout=timeout_s, follow_redirects=True, transport=self._transport
+            ),
+        )
+
+    @property
+    def retries(self) -> int:
+        """Requests repeated because Label Studio did not answer, since this client was made."""
+        return self._transport.retries
 
     # -- raw REST for what the SDK does not expose ------------------------------------
     def _headers(self) -> dict[str, str]:
@@ -73,8 +246,10 @@ class Studio:
 
     # -- health ------------------------------------------------------------------------
     def healthy(self) -> bool:
+        """One probe of ``/health``, never retried."""
         try:
-            return self._http.get("/health", timeout=2.0).status_code == 200
+            resp = self._http.get("/health", timeout=2.0, extensions={_NO_RETRY: True})
+            return resp.status_code == 200
         except httpx.HTTPError:
             return False
 

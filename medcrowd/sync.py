@@ -4,6 +4,13 @@
 :class:`~medcrowd.dataset.Dataset` (incremental, resumable; read-only on Label Studio).
 ``push`` sends fused consensus masks back as *predictions* with model_version
 ``consensus-<method>`` so experts can review them in the UI; annotations are never touched.
+
+Both survive a Label Studio that restarts under them: requests wait for it with backoff
+(:class:`~medcrowd.studio.RetryPolicy`), and when it stays away longer than the budget they
+stop with :class:`~medcrowd.studio.LabelStudioUnavailable`, saying what was done. Re-running
+the same command then finishes the job: a pull skips the (annotation id, updated_at) versions
+already in the manifest, a push skips the identical predictions already there, so nothing is
+lost or written twice (tests/e2e/test_faults.py restarts Label Studio mid-pull and mid-push).
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from medcrowd.dataset import AnnotationRecord, Dataset
-from medcrowd.studio import Studio
-from ml_backend.labeling import brush_result
+from medcrowd.studio import LabelStudioUnavailable, Studio
+from ml_backend.labeling import HINT_CONTROL, brush_result
 from ml_backend.rle import rle_to_mask
 
 __all__ = ["PullReport", "PushReport", "load_fused", "pull", "push"]
@@ -47,10 +55,13 @@ def _annotator(value: Any) -> tuple[int | None, str | None]:
 
 
 def _brush_mask(results: list[dict[str, Any]], height: int, width: int) -> np.ndarray | None:
-    """Union of every brush region of an annotation, or None when it has none."""
+    """Union of every brush region of an annotation, or None when it has none.
+
+    Regions on ``sqa_error`` (the predicted-error hint ``medcrowd select`` shows, which a
+    volunteer may keep when accepting the draft) are not part of the mask."""
     mask = None
     for region in results:
-        if region.get("type") != "brushlabels":
+        if region.get("type") != "brushlabels" or region.get("from_name") == HINT_CONTROL:
             continue
         value = region.get("value") or {}
         if value.get("format", "rle") != "rle" or "rle" not in value:
@@ -85,7 +96,32 @@ def pull(
     Args:
         on_record: called after each record is durably appended (progress output).
         progress: wraps the task iterable (e.g. a rich progress bar); gets (iterable, total).
+
+    Raises:
+        LabelStudioUnavailable: Label Studio stayed away longer than ``studio.retry`` (or a
+            request timed out); what was written is kept and complete, and running the pull
+            again continues.
     """
+    report = PullReport()
+    try:
+        return _pull(studio, project_id, out, report, on_record, progress)
+    except httpx.TransportError as exc:  # LabelStudioUnavailable, or a timeout
+        raise LabelStudioUnavailable.after(
+            exc,
+            f"The pull stopped after {report.new} new annotation(s) from {report.tasks} "
+            f"task(s); they are complete in {out}. Run the same pull again to fetch the rest "
+            "(nothing is fetched twice).",
+        ) from exc
+
+
+def _pull(
+    studio: Studio,
+    project_id: int,
+    out: Path,
+    report: PullReport,
+    on_record: Callable[[AnnotationRecord], None] | None,
+    progress: Callable[[Iterable[Any], int], Iterable[Any]] | None,
+) -> PullReport:
     dataset = Dataset(out)
     project = studio.client.projects.get(project_id)
     dataset.init(
@@ -94,7 +130,6 @@ def pull(
     )  # fmt: skip
     emails = studio.users()
     done = dataset.keys()
-    report = PullReport()
     tasks = export_tasks(studio, project_id)
     iterable: Iterable[Any] = progress(tasks, len(tasks)) if progress else tasks
     for task in iterable:
@@ -129,7 +164,12 @@ def pull(
                 else None
             )
             labels = sorted(
-                {lab for r in results for lab in (r.get("value") or {}).get("brushlabels", [])}
+                {
+                    lab
+                    for r in results
+                    if r.get("from_name") != HINT_CONTROL
+                    for lab in (r.get("value") or {}).get("brushlabels", [])
+                }
             )
             boxes = [r.get("value") for r in results if r.get("type") == "rectanglelabels"]
             record = AnnotationRecord(
@@ -186,18 +226,48 @@ def push(
     brush_name: str = "mask",
     image_name: str = "image",
     label: str = "Organ",
+    on_task: Callable[[int], None] | None = None,
 ) -> PushReport:
     """Send fused masks as predictions ``consensus-<method>``; annotations are not touched.
 
     Args:
         fused: {task id: ((H, W) bool mask, score in [0, 1])}.
+        on_task: called with each task id once it is done (progress output).
 
     A task that already has an identical ``consensus-<method>`` prediction is left alone; a
     stale one (re-fused with other input) is replaced — only medcrowd's own consensus
     predictions are ever deleted.
+
+    Raises:
+        LabelStudioUnavailable: Label Studio stayed away longer than ``studio.retry``, or the
+            connection dropped during a POST (never resent: it may have been stored); run
+            the push again, it skips what is already there.
     """
-    version = f"consensus-{method}"
     report = PushReport()
+    try:
+        _push(studio, fused, f"consensus-{method}", brush_name, image_name, label, report,
+              on_task)  # fmt: skip
+    except httpx.TransportError as exc:  # LabelStudioUnavailable, or an answer lost
+        raise LabelStudioUnavailable.after(
+            exc,
+            f"The push stopped after {report.pushed} new prediction(s). Run the same push "
+            "again to send the rest (identical predictions are not sent twice).",
+        ) from exc
+    return report
+
+
+def _push(
+    studio: Studio,
+    fused: dict[int, tuple[np.ndarray, float]],
+    version: str,
+    brush_name: str,
+    image_name: str,
+    label: str,
+    report: PushReport,
+    on_task: Callable[[int], None] | None,
+) -> None:
+    from label_studio_sdk.core.api_error import ApiError
+
     for task_id, (mask, score) in sorted(fused.items()):
         result = [brush_result(mask, label, brush_name, image_name)]
         rle = result[0]["value"]["rle"]
@@ -206,15 +276,22 @@ def push(
         ]
         if any(_same_rle(p.result, rle) for p in ours):
             report.unchanged += 1
+            if on_task is not None:
+                on_task(task_id)
             continue
         for stale in ours:
-            studio.client.predictions.delete(int(stale.id))
+            try:
+                studio.client.predictions.delete(int(stale.id))
+            except ApiError as exc:  # a DELETE resent after a lost answer finds it gone
+                if exc.status_code != 404:
+                    raise
             report.replaced += 1
         studio.client.predictions.create(
             task=task_id, result=result, model_version=version, score=float(score)
         )
         report.pushed += 1
-    return report
+        if on_task is not None:
+            on_task(task_id)
 
 
 def _same_rle(result: Any, rle: list[int]) -> bool:

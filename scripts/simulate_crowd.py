@@ -18,6 +18,9 @@ from ``--accounts``) that works the project's queue with its own API token:
 Everything is seeded (``--seed``; each volunteer draws from its own stream), so a crowd is
 reproducible. The accounts file (0600) keeps the volunteers' tokens for re-runs.
 
+One volunteer is a :class:`Volunteer`; ``benchmarks/load_volunteers.py`` runs 30 of them in
+threads with think times and times every request through its ``timed`` hook.
+
     python scripts/simulate_crowd.py --project "medcrowd demo" --truth masks/ \\
         --models good,good,sloppy,dilate,spammer_blobs --url http://127.0.0.1:8080 --token T
 """
@@ -30,8 +33,10 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -40,13 +45,29 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.crowd_models import ANNOTATOR_MODELS  # noqa: E402
+from fusion.crowd_models import ANNOTATOR_MODELS  # noqa: E402
 from medcrowd.gold import task_image_stem  # noqa: E402
 from medcrowd.studio import Studio  # noqa: E402
 from ml_backend.labeling import brush_result  # noqa: E402
 from ml_backend.rle import rle_to_mask  # noqa: E402
 
 SPAMMERS = {"spammer_blobs", "spammer_random"}
+R = TypeVar("R")
+
+
+class Timed(Protocol):
+    """Wraps each request a volunteer makes: ``timed(kind, call, **info)`` returns ``call()``.
+
+    ``kind`` is ``next`` (the queue), ``box`` (box → MedSAM mask through Label Studio; info
+    ``image`` = the task's image URL), ``submit`` or ``skip``. A benchmark measures here.
+    """
+
+    def __call__(self, kind: str, call: Callable[[], R], **info: Any) -> R: ...
+
+
+def untimed(kind: str, call: Callable[[], R], **info: Any) -> R:
+    """The default :class:`Timed`: just make the request."""
+    return call()
 
 
 def box_of(mask: np.ndarray, rng: np.random.Generator, jitter: float) -> list[float] | None:
@@ -95,6 +116,148 @@ def save_accounts(path: Path, accounts: list[dict[str, Any]]) -> None:
         json.dump(accounts, fh, indent=2)
 
 
+@dataclass
+class Volunteer:
+    """One virtual volunteer working a project's queue with its own account.
+
+    Args:
+        studio: a client with the volunteer's own token.
+        model: annotator model name in ``ANNOTATOR_MODELS``.
+        rng: the volunteer's own random stream.
+        project_id, ml_id: the project and its ML backend's id in Label Studio.
+        truths: {image stem: expert mask PNG} — what there is to perceive.
+        label: the brush/rectangle label.
+        box_jitter: px each box edge may move.
+        min_fix: smallest disagreeing region (px) the volunteer fixes with the brush.
+        boxes: boxes drawn per task (a redraw asks the backend again, on a warm embedding).
+        think_s: mean pause (uniform in 0.5-1.5x) before each box and before submitting;
+            0 for none.
+        timed: wraps each request (:class:`Timed`).
+        sleep: how to pause (a benchmark passes one that stops early at its deadline).
+    """
+
+    studio: Studio
+    model: str
+    rng: np.random.Generator
+    project_id: int
+    ml_id: int
+    truths: dict[str, Path]
+    label: str = "Organ"
+    box_jitter: float = 3.0
+    min_fix: int = 20
+    boxes: int = 1
+    think_s: float = 0.0
+    timed: Timed = untimed
+    sleep: Callable[[float], None] = time.sleep
+    _experts: dict[Path, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def next_task(self) -> dict[str, Any] | None:
+        """The next task from the queue, or None when it has none for this volunteer.
+
+        Raises:
+            RuntimeError: the queue answered anything but 200 or 404 ("no more tasks").
+        """
+        resp = self.timed(
+            "next",
+            lambda: self.studio._http.get(
+                f"/api/projects/{self.project_id}/next", headers=self.studio._headers()
+            ),
+        )
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise RuntimeError(f"queue answered {resp.status_code}: {resp.text[:200]}")
+        task: dict[str, Any] = resp.json()
+        return task
+
+    def work(self, task: dict[str, Any]) -> str:
+        """Label one task as the model perceives it; ``"annotated"`` or ``"skipped"``."""
+        url = next((v for v in task["data"].values() if isinstance(v, str)), "")
+        truth_path = self.truths.get(task_image_stem(url))
+        if truth_path is None:  # nothing to perceive: skip the task, as a person would
+            self.timed("skip", lambda: self.studio.client.annotations.create(
+                task["id"], result=[], was_cancelled=True))  # fmt: skip
+            return "skipped"
+        if truth_path not in self._experts:
+            self._experts[truth_path] = np.asarray(Image.open(truth_path)) > 0
+        expert = self._experts[truth_path]
+        h, w = expert.shape
+        perceived = ANNOTATOR_MODELS[self.model](expert, self.rng)
+        result: list[dict[str, Any]] = []
+        started = time.monotonic()
+        final = perceived
+        box = box_of(perceived, self.rng, self.box_jitter)
+        if self.model not in SPAMMERS and box is not None:
+            for attempt in range(max(1, self.boxes)):
+                if attempt:
+                    box = box_of(perceived, self.rng, self.box_jitter) or box
+                self.think()
+                context = {"result": [rectangle(box, w, h, self.label)]}
+                answer = self.timed(
+                    "box",
+                    lambda c=context: self.studio.interactive_predict(self.ml_id, task["id"], c),
+                    image=url,
+                )
+                regions = (answer.get("data") or {}).get("result") or []
+                if regions:
+                    proposal = rle_to_mask(regions[0]["value"]["rle"], h, w)
+                    final = correct(proposal, perceived, self.min_fix)
+            result.append(rectangle(box, w, h, self.label))
+        result.append(brush_result(final, self.label))
+        self.think()
+        lead = (time.monotonic() - started) + float(self.rng.uniform(20, 90))
+        self.timed("submit", lambda: self.studio.client.annotations.create(
+            task["id"], result=result, lead_time=lead))  # fmt: skip
+        return "annotated"
+
+    def think(self) -> None:
+        if self.think_s > 0:
+            self.sleep(self.think_s * float(self.rng.uniform(0.5, 1.5)))
+
+
+def make_volunteers(
+    admin: Studio,
+    project_id: int,
+    ml_id: int,
+    models: list[str],
+    truths: dict[str, Path],
+    accounts_path: Path,
+    seed: int,
+    studio_factory: Callable[[str], Studio] | None = None,
+    **volunteer_options: Any,
+) -> list[Volunteer]:
+    """Sign up (or reuse from ``accounts_path``) one account per model; seeded volunteers.
+
+    Args:
+        studio_factory: makes a volunteer's client from their token (default: a ``Studio``
+            at the admin's URL).
+        volunteer_options: passed to every :class:`Volunteer` (label, boxes, think_s, …).
+    """
+    unknown = sorted(set(models) - set(ANNOTATOR_MODELS))
+    if unknown:
+        raise ValueError(f"unknown annotator models {unknown}; known: {sorted(ANNOTATOR_MODELS)}")
+    accounts = load_accounts(accounts_path)
+    tag = uuid.uuid4().hex[:6]
+    while len(accounts) < len(models):
+        i = len(accounts)
+        email, password = f"sim{i}-{tag}@example.com", f"Sim-{tag}-{i}-pass!"
+        uid, token = admin.create_volunteer(email, password)
+        accounts.append({"id": uid, "email": email, "token": token})
+    save_accounts(accounts_path, accounts)
+    factory = studio_factory or (lambda token: Studio(admin.url, token))
+    seeds = np.random.SeedSequence(seed).spawn(len(models))
+    return [
+        Volunteer(factory(acc["token"]), model, np.random.default_rng(s), project_id, ml_id,
+                  truths, **volunteer_options)
+        for model, acc, s in zip(models, accounts, seeds, strict=False)
+    ]  # fmt: skip
+
+
+def load_truths(folder: Path) -> dict[str, Path]:
+    """{image stem: mask path} from a folder of ``<image stem>.png`` (or ``_mask.png``)."""
+    return {p.stem.removesuffix("_mask"): p for p in Path(folder).glob("*.png")}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     admin = Studio(args.url, args.token)
     project_id = int(args.project) if args.project.isdigit() else admin.find_project(args.project)
@@ -103,62 +266,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mls = list(admin.client.ml.list(project=project_id))
     if not mls:
         raise SystemExit("the project has no ML backend connected (medcrowd up connects one)")
-    ml_id = int(mls[0].id)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = sorted(set(models) - set(ANNOTATOR_MODELS))
-    if unknown:
-        raise SystemExit(f"unknown annotator models {unknown}; known: {sorted(ANNOTATOR_MODELS)}")
-    truths = {p.stem.removesuffix("_mask"): p for p in Path(args.truth).glob("*.png")}
-    accounts = load_accounts(Path(args.accounts))
-    tag = uuid.uuid4().hex[:6]
-    while len(accounts) < len(models):
-        i = len(accounts)
-        email, password = f"sim{i}-{tag}@example.com", f"Sim-{tag}-{i}-pass!"
-        uid, token = admin.create_volunteer(email, password)
-        accounts.append({"id": uid, "email": email, "token": token})
-    save_accounts(Path(args.accounts), accounts)
-    seeds = np.random.SeedSequence(args.seed).spawn(len(models))
-    crowd = [
-        (model, Studio(args.url, acc["token"]), np.random.default_rng(seed))
-        for model, acc, seed in zip(models, accounts, seeds, strict=False)
-    ]
+    try:
+        crowd = make_volunteers(
+            admin, project_id, int(mls[0].id), models, load_truths(Path(args.truth)),
+            Path(args.accounts), args.seed, label=args.label, box_jitter=args.box_jitter,
+            min_fix=args.min_fix,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     stats: dict[str, Any] = {"annotations": 0, "skipped": 0, "by_model": {}}
     active = list(crowd)
     deadline = time.monotonic() + args.max_seconds
     while active and time.monotonic() < deadline:
-        for entry in list(active):
-            model, vol, rng = entry
-            resp = vol._http.get(f"/api/projects/{project_id}/next", headers=vol._headers())
-            if resp.status_code != 200:
-                active.remove(entry)
+        for vol in list(active):
+            try:
+                task = vol.next_task()
+            except RuntimeError:
+                task = None
+            if task is None:
+                active.remove(vol)
                 continue
-            task = resp.json()
-            url = next((v for v in task["data"].values() if isinstance(v, str)), "")
-            truth_path = truths.get(task_image_stem(url))
-            if truth_path is None:  # nothing to perceive: skip the task, as a person would
-                vol.client.annotations.create(task["id"], result=[], was_cancelled=True)
+            if vol.work(task) == "skipped":
                 stats["skipped"] += 1
                 continue
-            expert = np.asarray(Image.open(truth_path)) > 0
-            h, w = expert.shape
-            perceived = ANNOTATOR_MODELS[model](expert, rng)
-            result: list[dict[str, Any]] = []
-            started = time.monotonic()
-            box = box_of(perceived, rng, args.box_jitter)
-            final = perceived
-            if model not in SPAMMERS and box is not None:
-                answer = vol.interactive_predict(ml_id, task["id"], {
-                    "result": [rectangle(box, w, h, args.label)]})  # fmt: skip
-                regions = (answer.get("data") or {}).get("result") or []
-                if regions:
-                    proposal = rle_to_mask(regions[0]["value"]["rle"], h, w)
-                    final = correct(proposal, perceived, args.min_fix)
-                result.append(rectangle(box, w, h, args.label))
-            result.append(brush_result(final, args.label))
-            lead = (time.monotonic() - started) + float(rng.uniform(20, 90))
-            vol.client.annotations.create(task["id"], result=result, lead_time=lead)
             stats["annotations"] += 1
-            stats["by_model"][model] = stats["by_model"].get(model, 0) + 1
+            stats["by_model"][vol.model] = stats["by_model"].get(vol.model, 0) + 1
     return stats
 
 

@@ -69,8 +69,8 @@ def test_select_prioritises_worst_tasks(
             src = isbi_pairs / sub / f"{name}.png"
             (train / sub / f"{name}.png").write_bytes(src.read_bytes())
     model = tmp_path / "sqa.pt"
-    cli("train", "sqa", str(train), "--out", str(model), "--size", "64", "--steps", "150",
-        "--device", "cpu", env=env)  # fmt: skip
+    cli("train", "sqa", str(train), "--out", str(model), "--size", "64", "--steps", "60",
+        "--folds", "2", "--channels", "8,16,32", "--device", "cpu", env=env)  # fmt: skip
     assert model.is_file()
 
     admin = Studio(label_studio.url, label_studio.token)
@@ -125,6 +125,27 @@ def test_select_prioritises_worst_tasks(
     resp = vol._http.get(f"/api/projects/{pid}/next", headers=vol._headers())
     assert resp.status_code == 200, resp.text
     assert resp.json()["id"] == chosen[0]
+
+    # a volunteer accepts the draft with its hint layer: pull keeps only the mask control
+    from medcrowd.sync import pull
+
+    draft = np.zeros((128, 128), bool)
+    draft[10:30, 10:30] = True
+    hint = np.zeros((128, 128), bool)
+    hint[60:90, 60:90] = True
+    vol.client.annotations.create(
+        chosen[0],
+        result=[brush_result(draft, "Organ"), brush_result(hint, "Likely error", "sqa_error")],
+    )
+    dataset = tmp_path / "pulled"
+    pull(admin, pid, dataset)
+    records = [r for r in (dataset / "manifest.jsonl").read_text().splitlines() if r]
+    import json
+
+    mine = [json.loads(r) for r in records if json.loads(r)["task"] == chosen[0]]
+    assert len(mine) == 1 and mine[0]["labels"] == ["Organ"]
+    pulled = np.asarray(Image.open(dataset / mine[0]["mask"])) > 0
+    assert np.array_equal(pulled, draft)
 
     again = cli("select", "--project", str(pid), "--k", "2", "--model", str(model),
                 "--device", "cpu", env=env)  # fmt: skip
