@@ -1,10 +1,12 @@
 """medcrowd label fusion: votes, STAPLE (per image, multi-label and crowd-wide), annotator
-reliability and segmentation metrics. Pure numpy/scipy, no I/O.
+reliability and segmentation metrics. Pure numpy/scipy, no I/O (``DaskCrowdStaple`` runs
+CrowdStaple's chunks on a Dask cluster; Dask is imported only then).
 
 Masks are ``(R, H, W)`` or ``(R, D, H, W)`` bool arrays (R raters); see each class.
 """
 
 from fusion.crowd_staple import CrowdFusionResult, CrowdStaple
+from fusion.distributed import DaskCrowdStaple
 from fusion.majority_vote import MajorityVote
 from fusion.metrics import average_surface_distance, dice, hausdorff, hd95, iou, surface_dice
 from fusion.multilabel_staple import MultiLabelStaple
@@ -25,6 +27,7 @@ from fusion.weighted_vote import WeightedVote
 __all__ = [
     "CrowdFusionResult",
     "CrowdStaple",
+    "DaskCrowdStaple",
     "FusionResult",
     "MajorityVote",
     "MultiLabelStaple",

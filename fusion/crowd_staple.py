@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -76,7 +77,10 @@ def _build_rows(
     annotators: Sequence[Sequence[Hashable]],
     gold: Mapping[int, npt.ArrayLike],
     ann_index: dict[Hashable, int],
+    start: int = 0,
 ) -> tuple[_Rows, list[tuple[int, ...]]]:
+    """Rows of ``tasks`` (local indices 0..len-1; ``gold`` keyed the same way); ``start`` is
+    the global index of ``tasks[0]``, used in error messages."""
     row_task, row_counts, row_gold, row_unan, row_mean = [], [], [], [], []
     e_row, e_ann, e_vote = [], [], []
     offsets = [0]
@@ -84,18 +88,18 @@ def _build_rows(
     shapes: list[tuple[int, ...]] = []
     n_rows = 0
     for t, (task, ids) in enumerate(zip(tasks, annotators, strict=True)):
-        m = as_rater_masks(task, f"tasks[{t}]")
+        m = as_rater_masks(task, f"tasks[{start + t}]")
         n_raters = m.shape[0]
         if len(ids) != n_raters:
-            raise ValueError(f"task {t}: {n_raters} masks but {len(ids)} annotator ids")
+            raise ValueError(f"task {start + t}: {n_raters} masks but {len(ids)} annotator ids")
         if len(set(ids)) != n_raters:
-            raise ValueError(f"task {t}: an annotator appears twice")
+            raise ValueError(f"task {start + t}: an annotator appears twice")
         flat: BoolArray = m.reshape(n_raters, -1)
         gold_value = -1
         if t in gold:
-            g = as_bool_array(gold[t], f"gold[{t}]")
+            g = as_bool_array(gold[t], f"gold[{start + t}]")
             if g.shape != m.shape[1:]:
-                raise ValueError(f"gold[{t}] has shape {g.shape}, task has {m.shape[1:]}")
+                raise ValueError(f"gold[{start + t}] has shape {g.shape}, task has {m.shape[1:]}")
             flat = np.concatenate([flat, g.reshape(1, -1)], axis=0)
             gold_value = 0
         pat = vote_patterns(flat)
@@ -151,29 +155,52 @@ class _Votes:
         return _Votes(row=rows.e_row[sel], code=rows.e_ann[sel] + n_annotators * rows.e_vote[sel])
 
 
-def _m_step(
+def _m_sums(
     rows: _Rows,
     votes: _Votes,
     row_weight: FloatArray,
     posterior: FloatArray,
     n_annotators: int,
     n_tasks: int,
-    init: tuple[float, float],
-    pseudo_count: float,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Annotator sensitivity/specificity and per-task prior.
+    """The M-step's sufficient statistics over some rows, and the per-task prior.
 
-    ``p_a = (Σ c·W·[v=1] + k·p0) / (Σ c·W + k)`` and ``q_a = (Σ c·(1−W)·[v=0] + k·q0) /
-    (Σ c·(1−W) + k)`` over the ``votes`` of annotator a (c = voxel count × ``row_weight``,
-    a (P,) float64 weight, 0 for rows left out; k = ``pseudo_count``, a Beta prior towards
-    ``init`` = (p0, q0)); the prior of task t is ``Σ c·W / Σ c`` over its rows.
-    Returns (p (A,), q (A,), prior (T,)).
+    With c = voxel count × ``row_weight`` (a (P,) float64 weight, 0 for rows left out) and W
+    the ``posterior``: ``s_fg[a + A·v] = Σ c·W`` and ``s_bg[a + A·v] = Σ c·(1 − W)`` over the
+    ``votes`` v of annotator a, each (2A,) float64; these add up over disjoint sets of tasks,
+    which is what lets the EM run over chunks of tasks (:func:`_reduce`). The prior of task
+    t, ``Σ c·W / Σ c`` over its rows, is local to the task. Returns (s_fg, s_bg, prior (T,)).
     """
     c = rows.counts * row_weight
     c_fg = c * posterior
     c_bg = c - c_fg
+    # bincount with float weights returns float64 (astype(copy=False) only tells the typing)
     s_fg = np.bincount(votes.code, weights=c_fg[votes.row], minlength=2 * n_annotators)
     s_bg = np.bincount(votes.code, weights=c_bg[votes.row], minlength=2 * n_annotators)
+    fg = np.bincount(rows.task, weights=c_fg, minlength=n_tasks)
+    tot = np.bincount(rows.task, weights=c, minlength=n_tasks)
+    prior = np.full(n_tasks, 0.5)
+    np.divide(fg, tot, out=prior, where=tot > 0)
+    return (
+        s_fg.astype(np.float64, copy=False),
+        s_bg.astype(np.float64, copy=False),
+        np.clip(prior, _EPS, 1 - _EPS),
+    )
+
+
+def _rates(
+    s_fg: FloatArray,
+    s_bg: FloatArray,
+    n_annotators: int,
+    init: tuple[float, float],
+    pseudo_count: float,
+) -> tuple[FloatArray, FloatArray]:
+    """Annotator sensitivity/specificity from the summed statistics of :func:`_m_sums`.
+
+    ``p_a = (Σ c·W·[v=1] + k·p0) / (Σ c·W + k)`` and ``q_a = (Σ c·(1−W)·[v=0] + k·q0) /
+    (Σ c·(1−W) + k)`` (k = ``pseudo_count``, a Beta prior towards ``init`` = (p0, q0)).
+    Returns (p (A,), q (A,)), clipped to [_EPS, 1 − _EPS].
+    """
     p_num, p_den = s_fg[n_annotators:], s_fg[:n_annotators] + s_fg[n_annotators:]
     q_num, q_den = s_bg[:n_annotators], s_bg[:n_annotators] + s_bg[n_annotators:]
     p = np.full(n_annotators, init[0])
@@ -184,15 +211,19 @@ def _m_step(
     np.divide(
         q_num + pseudo_count * init[1], q_den + pseudo_count, out=q, where=q_den + pseudo_count > 0
     )
-    fg = np.bincount(rows.task, weights=c_fg, minlength=n_tasks)
-    tot = np.bincount(rows.task, weights=c, minlength=n_tasks)
-    prior = np.full(n_tasks, 0.5)
-    np.divide(fg, tot, out=prior, where=tot > 0)
-    return (
-        np.clip(p, _EPS, 1 - _EPS),
-        np.clip(q, _EPS, 1 - _EPS),
-        np.clip(prior, _EPS, 1 - _EPS),
-    )
+    return np.clip(p, _EPS, 1 - _EPS), np.clip(q, _EPS, 1 - _EPS)
+
+
+def _reduce(parts: Sequence[FloatArray]) -> FloatArray:
+    """Element-wise sum of per-chunk statistics, always in chunk order.
+
+    Floating-point addition is not associative: a fixed order is what makes the in-process
+    EM and the Dask one (:mod:`fusion.distributed`) agree bit for bit.
+    """
+    total = np.array(parts[0], dtype=np.float64, copy=True)
+    for part in parts[1:]:
+        total += part
+    return total
 
 
 def _truncation(
@@ -279,6 +310,11 @@ class CrowdStaple:
            is replaced by a weighted vote (weights: each annotator's Dice on the gold tasks,
            or equal weights without gold) and ``fallback`` says why.
 
+    The tasks are processed in chunks of ``chunk_size``: rows, posteriors and task priors
+    stay inside their chunk, and each EM iteration sums the chunks' annotator statistics in
+    chunk order. :class:`fusion.distributed.DaskCrowdStaple` runs the very same chunk steps
+    on a Dask cluster, so for equal parameters its result is identical bit for bit.
+
     Paper: STAPLE (Warfield, Zou & Wells, IEEE TMI 23(7):903–921, 2004,
     https://doi.org/10.1109/TMI.2004.828354) with parameters shared across images as in
     Dawid & Skene, "Maximum likelihood estimation of observer error-rates using the EM
@@ -297,6 +333,8 @@ class CrowdStaple:
         guard: enable the inversion/degeneracy guard (step 5).
         guard_margin: an annotator counts as inverted when ``p + q < 1 - guard_margin``
             (spammers sit at p + q ≈ 1 and must not trigger the guard).
+        chunk_size: tasks per chunk (>= 1). Changes results only at floating-point rounding
+            level (the order of the annotator sums); on Dask, one chunk is one task of work.
 
     Attributes:
         annotators_: list of annotator ids (order of the arrays below).
@@ -327,6 +365,7 @@ class CrowdStaple:
     truncation: bool = True
     guard: bool = True
     guard_margin: float = 0.1
+    chunk_size: int = 1024
 
     annotators_: list[Hashable] = field(init=False, repr=False)
     sensitivity_: FloatArray = field(init=False, repr=False)
@@ -347,6 +386,10 @@ class CrowdStaple:
             raise ValueError(f"guard_margin must be in [0, 1), got {self.guard_margin}")
         if not self.pseudo_count >= 0:
             raise ValueError(f"pseudo_count must be >= 0, got {self.pseudo_count}")
+        if isinstance(self.chunk_size, bool) or not (
+            isinstance(self.chunk_size, int | np.integer) and self.chunk_size >= 1
+        ):
+            raise ValueError(f"chunk_size must be an integer >= 1, got {self.chunk_size!r}")
 
     def fit_predict(
         self,
@@ -367,6 +410,22 @@ class CrowdStaple:
             ValueError: empty crowd, mismatched lengths or shapes, duplicate ids in a task,
                 bad gold keys.
         """
+        return self._fit(_InProcess(), tasks, annotators, gold)
+
+    def _fit(
+        self,
+        runner: ChunkRunner,
+        tasks: Sequence[Any],
+        annotators: Sequence[Sequence[Hashable]],
+        gold: Mapping[int, Any] | None,
+    ) -> CrowdFusionResult:
+        """The EM over chunks of ``chunk_size`` tasks, each step mapped by ``runner``.
+
+        Every per-row and per-task quantity is computed inside its chunk; the only values
+        that cross chunks are annotator statistics, summed in chunk order by
+        :func:`_reduce`. So the result depends on ``chunk_size`` (at rounding level) but not
+        on where the chunks run.
+        """
         if len(tasks) == 0:
             raise ValueError("tasks is empty")
         if len(tasks) != len(annotators):
@@ -380,92 +439,87 @@ class CrowdStaple:
             for a in ids:
                 ann_index.setdefault(a, len(ann_index))
         n_ann, n_tasks = len(ann_index), len(tasks)
-        rows, shapes = _build_rows(tasks, annotators, gold, ann_index)
-        slot_task = np.repeat(np.arange(n_tasks), [len(ids) for ids in annotators])
-        slot_ann = np.array([ann_index[a] for ids in annotators for a in ids], dtype=np.int64)
-
-        is_gold = rows.gold >= 0
-        decided = rows.unanimous & self.disagreement_only
-        estimate = ~decided
-        free = estimate & ~is_gold
-        row_weight = estimate.astype(np.float64)
-        m_votes = _Votes.select(rows, estimate, n_ann)
-        e_votes = _Votes.select(rows, free, n_ann)
-        fixed = np.where(is_gold, rows.gold, np.where(decided, rows.mean_vote, 0.0))
-        w: FloatArray = np.where(free, rows.mean_vote, fixed)
         init = (self.init_sensitivity, self.init_specificity)
+        inputs = [
+            _ChunkInput(
+                start=start,
+                tasks=list(tasks[start : start + self.chunk_size]),
+                annotators=[list(ids) for ids in annotators[start : start + self.chunk_size]],
+                gold={
+                    int(k) - start: v
+                    for k, v in gold.items()
+                    if start <= k < start + self.chunk_size
+                },
+            )
+            for start in range(0, n_tasks, self.chunk_size)
+        ]
+        chunks, built = runner.map(_chunk_build, runner.put(inputs), self, ann_index)
+        votes_per_ann = _reduce([b[0] for b in built])
 
         p: FloatArray = np.full(n_ann, init[0])
         q: FloatArray = np.full(n_ann, init[1])
-        prior: FloatArray = np.full(n_tasks, 0.5)
-        if is_gold.any():
+        if any(b[1] for b in built):
             # Start from the rates measured on the gold tasks: this pins the orientation
             # of the solution when a majority of the crowd is wrong in the same way.
-            gold_p, gold_q, _ = _m_step(
-                rows,
-                _Votes.select(rows, estimate & is_gold, n_ann),
-                row_weight * is_gold,
-                w,
-                n_ann,
-                n_tasks,
-                init,
+            chunks, sums = runner.map(_chunk_gold_sums, chunks, n_ann)
+            gold_p, gold_q = _rates(
+                _reduce([s[0] for s in sums]), _reduce([s[1] for s in sums]), n_ann, init,
                 self.pseudo_count,
-            )
-            prior_0 = np.clip(
-                np.bincount(rows.task, weights=rows.counts * rows.mean_vote, minlength=n_tasks)
-                / np.bincount(rows.task, weights=rows.counts, minlength=n_tasks),
-                _EPS,
-                1 - _EPS,
-            )
-            w = np.where(free, _e_step(rows, e_votes, free, gold_p, gold_q, prior_0), fixed)
+            )  # fmt: skip
+            chunks, _ = runner.map(_chunk_gold_start, chunks, gold_p, gold_q)
+        chunks, sums = runner.map(_chunk_m_sums, chunks, n_ann)
         converged, n_iter = False, 0
         for n_iter in range(1, self.max_iter + 1):
-            new_p, new_q, new_prior = _m_step(
-                rows, m_votes, row_weight, w, n_ann, n_tasks, init, self.pseudo_count
-            )
-            corr = (
-                _truncation(new_p, new_q, slot_task, slot_ann, n_tasks)
-                if self.disagreement_only and self.truncation
-                else None
-            )
-            w = np.where(free, _e_step(rows, e_votes, free, new_p, new_q, new_prior, corr), fixed)
+            new_p, new_q = _rates(
+                _reduce([s[0] for s in sums]), _reduce([s[1] for s in sums]), n_ann, init,
+                self.pseudo_count,
+            )  # fmt: skip
+            chunks, steps = runner.map(_chunk_em_step, chunks, self, n_ann, new_p, new_q)
             change = max(
                 float(np.abs(new_p - p).max()),
                 float(np.abs(new_q - q).max()),
-                float(np.abs(new_prior - prior).max()),
+                max(step[2] for step in steps),
             )
-            p, q, prior = new_p, new_q, new_prior
+            p, q = new_p, new_q
+            sums = [(step[0], step[1]) for step in steps]
             if n_iter > 1 and change <= self.tol:
                 converged = True
                 break
 
         em_p, em_q = p, q
-        everywhere = np.ones(rows.counts.shape)
-        all_votes = _Votes.select(rows, everywhere > 0, n_ann)
         # Reported rates: every voxel each annotator labelled against the fused mask
         # (unconditional, unlike the EM's disagreement-only rates), with a tiny prior.
-        hard = (w > self.threshold).astype(np.float64)
-        p, q, _ = _m_step(rows, all_votes, everywhere, hard, n_ann, n_tasks, init, 1e-9)
-        fallback = self._check(rows, w, p, q, n_ann) if self.guard else None
+        chunks, sums = runner.map(_chunk_hard_sums, chunks, self, n_ann)
+        p, q = _rates(_reduce([s[0] for s in sums]), _reduce([s[1] for s in sums]), n_ann,
+                      init, 1e-9)  # fmt: skip
+        fallback = None
+        if self.guard:
+            fallback = self._inversion(votes_per_ann, p, q)
+            if fallback is None:
+                chunks, counts = runner.map(_chunk_degenerate, chunks, self)
+                fallback = _degenerate(counts)
         if fallback is not None:
-            w = _fallback_vote(rows, is_gold, n_ann)
-            hard = (w > self.threshold).astype(np.float64)
-            p, q, _ = _m_step(rows, all_votes, everywhere, hard, n_ann, n_tasks, init, 1e-9)
+            chunks, gold_sums = runner.map(_chunk_gold_dice, chunks, n_ann)
+            weights = _fallback_weights(
+                _reduce([g[0] for g in gold_sums]), _reduce([g[1] for g in gold_sums]),
+                _reduce([g[2] for g in gold_sums]),
+            )  # fmt: skip
+            chunks, _ = runner.map(_chunk_fallback, chunks, weights)
+            chunks, sums = runner.map(_chunk_hard_sums, chunks, self, n_ann)
+            p, q = _rates(_reduce([s[0] for s in sums]), _reduce([s[1] for s in sums]), n_ann,
+                          init, 1e-9)  # fmt: skip
+        _, outputs = runner.map(_chunk_output, chunks, self)
 
         ids = list(ann_index)
         self.annotators_ = ids
-        self.sensitivity_, self.specificity_, self.task_prior_ = p, q, prior
+        self.sensitivity_, self.specificity_ = p, q
+        self.task_prior_ = np.concatenate([o[2] for o in outputs])
         self.em_sensitivity_, self.em_specificity_ = em_p, em_q
         self.fallback_, self.n_iter_, self.converged_ = fallback, n_iter, converged
         reliability = youden_reliability(p, q)
-        masks, probabilities = [], []
-        for t, shape in enumerate(shapes):
-            prob = w[rows.offsets[t] : rows.offsets[t + 1]][rows.inverse[t]].reshape(shape)
-            masks.append(prob > self.threshold)
-            probabilities.append(prob.astype(np.float32))
         return CrowdFusionResult(
-            masks=masks,
-            probabilities=probabilities,
+            masks=[m for o in outputs for m in o[0]],
+            probabilities=[prob for o in outputs for prob in o[1]],
             reliability={a: float(reliability[i]) for i, a in enumerate(ids)},
             sensitivity={a: float(p[i]) for i, a in enumerate(ids)},
             specificity={a: float(q[i]) for i, a in enumerate(ids)},
@@ -474,58 +528,257 @@ class CrowdStaple:
             converged=converged,
         )
 
-    def _check(
-        self, rows: _Rows, w: FloatArray, p: FloatArray, q: FloatArray, n_ann: int
-    ) -> str | None:
-        """Return why the EM solution is rejected, or None if it looks sane.
-
-        ``p``, ``q`` are the annotators' rates over all their voxels against ``w``.
-        """
-        votes_per_ann = np.bincount(rows.e_ann, weights=rows.counts[rows.e_row], minlength=n_ann)
+    def _inversion(self, votes_per_ann: FloatArray, p: FloatArray, q: FloatArray) -> str | None:
+        """The guard's first test: do inverted annotators (``p + q < 1 − margin``, rates over
+        all their voxels against the fused masks) hold most of the votes?"""
         total = votes_per_ann.sum()
         inverted = p + q < 1.0 - self.guard_margin
         if total > 0 and votes_per_ann[inverted].sum() > 0.5 * total:
             share = votes_per_ann[inverted].sum() / total
             return f"label inversion: annotators with {share:.0%} of the votes have sens+spec<1"
-        n_tasks = rows.offsets.size - 1
-        non_gold = rows.gold < 0
-        fused = (w > self.threshold) & non_gold
-        mv = (rows.mean_vote > 0.5) & non_gold
-        c = rows.counts
-        fused_fg = np.bincount(rows.task, weights=c * fused, minlength=n_tasks)
-        mv_fg = np.bincount(rows.task, weights=c * mv, minlength=n_tasks)
-        size = np.bincount(rows.task, weights=c * non_gold, minlength=n_tasks)
-        scored = (size > 0) & (mv_fg > 0) & (mv_fg < size)
-        degenerate = scored & ((fused_fg == 0) | (fused_fg == size))
-        if scored.any() and degenerate.sum() > 0.5 * scored.sum():
-            return (
-                f"degenerate solution: {int(degenerate.sum())} of {int(scored.sum())} tasks "
-                "fused to all-foreground or all-background"
-            )
         return None
 
 
-def _fallback_vote(rows: _Rows, is_gold: BoolArray, n_ann: int) -> FloatArray:
-    """Weighted-vote fraction per row; weights = pooled Dice on gold tasks (else 1)."""
-    weights: FloatArray = np.ones(n_ann)
-    gold_entries = is_gold[rows.e_row]
-    if gold_entries.any():
-        e_row, e_ann = rows.e_row[gold_entries], rows.e_ann[gold_entries]
-        e_vote = rows.e_vote[gold_entries]
-        c = rows.counts[e_row]
-        g = rows.gold[e_row] == 1
-        tp = np.bincount(e_ann, weights=c * (e_vote & g), minlength=n_ann)
-        size = np.bincount(e_ann, weights=c * (e_vote.astype(np.float64) + g), minlength=n_ann)
-        seen = np.bincount(e_ann, minlength=n_ann) > 0
-        dice_w = np.ones(n_ann)
-        np.divide(2 * tp, size, out=dice_w, where=size > 0)
-        weights = np.where(seen, dice_w, np.median(dice_w[seen]))
-        if weights.sum() <= 0:
-            weights = np.ones(n_ann)
-    num = np.bincount(
-        rows.e_row, weights=weights[rows.e_ann] * rows.e_vote, minlength=rows.counts.size
+def _degenerate(counts: Sequence[tuple[int, int]]) -> str | None:
+    """The guard's second test from per-chunk (scored, degenerate) task counts."""
+    scored = sum(c[0] for c in counts)
+    degenerate = sum(c[1] for c in counts)
+    if scored > 0 and degenerate > 0.5 * scored:
+        return (
+            f"degenerate solution: {degenerate} of {scored} tasks "
+            "fused to all-foreground or all-background"
+        )
+    return None
+
+
+def _fallback_weights(tp: FloatArray, size: FloatArray, seen: FloatArray) -> FloatArray:
+    """Weighted-vote weights: each annotator's pooled Dice on the gold tasks (the median for
+    annotators without gold), or all 1 without gold. Inputs: summed (A,) statistics of
+    :func:`_chunk_gold_dice` (integer-valued, so their sum is exact in any order)."""
+    n_ann = tp.size
+    seen_any = seen > 0
+    if not seen_any.any():
+        return np.ones(n_ann)
+    dice_w = np.ones(n_ann)
+    np.divide(2 * tp, size, out=dice_w, where=size > 0)
+    weights: FloatArray = np.where(seen_any, dice_w, np.median(dice_w[seen_any]))
+    if weights.sum() <= 0:
+        weights = np.ones(n_ann)
+    return weights
+
+
+# -- the EM over chunks of tasks ------------------------------------------------------------
+# Each ``_chunk_*`` function is pure: (chunk state, broadcast args) -> (new chunk state, small
+# result). A runner maps one over every chunk: in this process (:class:`_InProcess`) or on a
+# Dask cluster (``fusion.distributed``), with the very same code either way.
+
+_Out = TypeVar("_Out")
+
+
+class ChunkRunner(Protocol):
+    """Where the chunk functions run. ``put`` places the chunk inputs; ``map`` applies
+    ``fn(chunk, *args)`` to every chunk and returns (new chunk handles, small results in
+    chunk order)."""
+
+    def put(self, inputs: list[_ChunkInput]) -> list[Any]: ...
+
+    def map(
+        self, fn: Callable[..., tuple[Any, _Out]], chunks: list[Any], *args: Any
+    ) -> tuple[list[Any], list[_Out]]: ...
+
+
+class _InProcess:
+    """Run every chunk function here, one chunk after the other."""
+
+    def put(self, inputs: list[_ChunkInput]) -> list[Any]:
+        return list(inputs)
+
+    def map(
+        self, fn: Callable[..., tuple[Any, _Out]], chunks: list[Any], *args: Any
+    ) -> tuple[list[Any], list[_Out]]:
+        out = [fn(chunk, *args) for chunk in chunks]
+        return [o[0] for o in out], [o[1] for o in out]
+
+
+@dataclass(frozen=True)
+class _ChunkInput:
+    """Tasks ``start .. start + len(tasks) − 1`` of the crowd; ``gold`` keyed locally."""
+
+    start: int
+    tasks: list[Any]
+    annotators: list[list[Hashable]]
+    gold: dict[int, Any]
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """One chunk's rows (task indices local to the chunk) and its part of the EM state.
+
+    ``w`` is the posterior of its rows; ``prior`` the task priors the last E-step used and
+    ``pending`` the ones the last M-step computed (the next E-step's).
+    """
+
+    rows: _Rows
+    shapes: list[tuple[int, ...]]
+    n_tasks: int
+    slot_task: IntArray
+    slot_ann: IntArray
+    free: BoolArray
+    is_gold: BoolArray
+    fixed: FloatArray
+    row_weight: FloatArray
+    m_votes: _Votes
+    e_votes: _Votes
+    all_votes: _Votes
+    w: FloatArray
+    prior: FloatArray
+    pending: FloatArray
+
+
+def _chunk_build(
+    inp: _ChunkInput, model: CrowdStaple, ann_index: dict[Hashable, int]
+) -> tuple[_Chunk, tuple[FloatArray, bool]]:
+    """Vote-pattern rows of the chunk and its initial posterior (the vote fraction).
+
+    Returns the chunk and (votes per annotator (A,), whether it holds gold rows).
+    """
+    n_ann = len(ann_index)
+    rows, shapes = _build_rows(inp.tasks, inp.annotators, inp.gold, ann_index, inp.start)
+    n_tasks = len(inp.tasks)
+    slot_task = np.repeat(np.arange(n_tasks), [len(ids) for ids in inp.annotators])
+    slot_ann = np.array([ann_index[a] for ids in inp.annotators for a in ids], dtype=np.int64)
+    is_gold = rows.gold >= 0
+    decided = rows.unanimous & model.disagreement_only
+    estimate = ~decided
+    free = estimate & ~is_gold
+    fixed = np.where(is_gold, rows.gold, np.where(decided, rows.mean_vote, 0.0))
+    chunk = _Chunk(
+        rows=rows,
+        shapes=shapes,
+        n_tasks=n_tasks,
+        slot_task=slot_task,
+        slot_ann=slot_ann,
+        free=free,
+        is_gold=is_gold,
+        fixed=fixed,
+        row_weight=estimate.astype(np.float64),
+        m_votes=_Votes.select(rows, estimate, n_ann),
+        e_votes=_Votes.select(rows, free, n_ann),
+        all_votes=_Votes.select(rows, np.ones(rows.counts.shape, bool), n_ann),
+        w=np.where(free, rows.mean_vote, fixed),
+        prior=np.full(n_tasks, 0.5),
+        pending=np.full(n_tasks, 0.5),
     )
-    den = np.bincount(rows.e_row, weights=weights[rows.e_ann], minlength=rows.counts.size)
-    frac = np.zeros(rows.counts.size)
+    votes_per_ann = np.bincount(rows.e_ann, weights=rows.counts[rows.e_row], minlength=n_ann)
+    return chunk, (votes_per_ann.astype(np.float64, copy=False), bool(is_gold.any()))
+
+
+def _chunk_gold_sums(c: _Chunk, n_ann: int) -> tuple[_Chunk, tuple[FloatArray, FloatArray]]:
+    """M-step statistics of the gold rows only (for the gold-informed start)."""
+    gold_votes = _Votes.select(c.rows, (c.row_weight > 0) & c.is_gold, n_ann)
+    s_fg, s_bg, _ = _m_sums(c.rows, gold_votes, c.row_weight * c.is_gold, c.w, n_ann, c.n_tasks)
+    return c, (s_fg, s_bg)
+
+
+def _chunk_gold_start(c: _Chunk, gold_p: FloatArray, gold_q: FloatArray) -> tuple[_Chunk, None]:
+    """Initial posterior: the E-step under the gold rates and the vote-fraction prior."""
+    rows = c.rows
+    prior_0 = np.clip(
+        np.bincount(rows.task, weights=rows.counts * rows.mean_vote, minlength=c.n_tasks)
+        / np.bincount(rows.task, weights=rows.counts, minlength=c.n_tasks),
+        _EPS,
+        1 - _EPS,
+    )
+    w = np.where(c.free, _e_step(rows, c.e_votes, c.free, gold_p, gold_q, prior_0), c.fixed)
+    return replace(c, w=w), None
+
+
+def _chunk_m_sums(c: _Chunk, n_ann: int) -> tuple[_Chunk, tuple[FloatArray, FloatArray]]:
+    """The M-step's statistics of the current posterior; the task priors become pending."""
+    s_fg, s_bg, pending = _m_sums(c.rows, c.m_votes, c.row_weight, c.w, n_ann, c.n_tasks)
+    return replace(c, pending=pending), (s_fg, s_bg)
+
+
+def _chunk_em_step(
+    c: _Chunk, model: CrowdStaple, n_ann: int, p: FloatArray, q: FloatArray
+) -> tuple[_Chunk, tuple[FloatArray, FloatArray, float]]:
+    """One E-step under the new rates and the pending priors, then the next M-statistics.
+
+    Returns (s_fg, s_bg, largest change of a task prior in this chunk).
+    """
+    corr = (
+        _truncation(p, q, c.slot_task, c.slot_ann, c.n_tasks)
+        if model.disagreement_only and model.truncation
+        else None
+    )
+    w = np.where(c.free, _e_step(c.rows, c.e_votes, c.free, p, q, c.pending, corr), c.fixed)
+    change = float(np.abs(c.pending - c.prior).max())
+    c = replace(c, w=w, prior=c.pending)
+    c, (s_fg, s_bg) = _chunk_m_sums(c, n_ann)
+    return c, (s_fg, s_bg, change)
+
+
+def _chunk_hard_sums(
+    c: _Chunk, model: CrowdStaple, n_ann: int
+) -> tuple[_Chunk, tuple[FloatArray, FloatArray]]:
+    """Statistics of every vote against the thresholded posterior (the reported rates)."""
+    hard = (c.w > model.threshold).astype(np.float64)
+    everywhere = np.ones(c.rows.counts.shape)
+    s_fg, s_bg, _ = _m_sums(c.rows, c.all_votes, everywhere, hard, n_ann, c.n_tasks)
+    return c, (s_fg, s_bg)
+
+
+def _chunk_degenerate(c: _Chunk, model: CrowdStaple) -> tuple[_Chunk, tuple[int, int]]:
+    """(scored, degenerate) non-gold tasks: scored where the majority vote is neither empty
+    nor full; degenerate where the fused mask is all-background or all-foreground."""
+    rows = c.rows
+    non_gold = rows.gold < 0
+    fused = (c.w > model.threshold) & non_gold
+    mv = (rows.mean_vote > 0.5) & non_gold
+    counts = rows.counts
+    fused_fg = np.bincount(rows.task, weights=counts * fused, minlength=c.n_tasks)
+    mv_fg = np.bincount(rows.task, weights=counts * mv, minlength=c.n_tasks)
+    size = np.bincount(rows.task, weights=counts * non_gold, minlength=c.n_tasks)
+    scored = (size > 0) & (mv_fg > 0) & (mv_fg < size)
+    degenerate = scored & ((fused_fg == 0) | (fused_fg == size))
+    return c, (int(scored.sum()), int(degenerate.sum()))
+
+
+def _chunk_gold_dice(
+    c: _Chunk, n_ann: int
+) -> tuple[_Chunk, tuple[FloatArray, FloatArray, FloatArray]]:
+    """Per annotator on this chunk's gold rows: (true positives, |vote| + |gold|, votes)."""
+    rows = c.rows
+    gold_entries = c.is_gold[rows.e_row]
+    e_row, e_ann = rows.e_row[gold_entries], rows.e_ann[gold_entries]
+    e_vote = rows.e_vote[gold_entries]
+    counts = rows.counts[e_row]
+    g = rows.gold[e_row] == 1
+    tp = np.bincount(e_ann, weights=counts * (e_vote & g), minlength=n_ann)
+    size = np.bincount(e_ann, weights=counts * (e_vote.astype(np.float64) + g), minlength=n_ann)
+    seen = np.bincount(e_ann, minlength=n_ann).astype(np.float64)
+    return c, (tp.astype(np.float64, copy=False), size.astype(np.float64, copy=False), seen)
+
+
+def _chunk_fallback(c: _Chunk, weights: FloatArray) -> tuple[_Chunk, None]:
+    """Replace the posterior by the weighted-vote fraction per row (gold rows: gold)."""
+    rows = c.rows
+    n_rows = rows.counts.size
+    num = np.bincount(rows.e_row, weights=weights[rows.e_ann] * rows.e_vote, minlength=n_rows)
+    den = np.bincount(rows.e_row, weights=weights[rows.e_ann], minlength=n_rows)
+    frac = np.zeros(n_rows)
     np.divide(num, den, out=frac, where=den > 0)
-    return np.where(is_gold, rows.gold, frac)
+    return replace(c, w=np.where(c.is_gold, rows.gold, frac)), None
+
+
+def _chunk_output(
+    c: _Chunk, model: CrowdStaple
+) -> tuple[_Chunk, tuple[list[BoolArray], list[npt.NDArray[np.float32]], FloatArray]]:
+    """The chunk's fused masks, posterior maps (float32) and task priors."""
+    rows = c.rows
+    masks, probabilities = [], []
+    for t, shape in enumerate(c.shapes):
+        prob = c.w[rows.offsets[t] : rows.offsets[t + 1]][rows.inverse[t]].reshape(shape)
+        masks.append(prob > model.threshold)
+        probabilities.append(prob.astype(np.float32))
+    return c, (masks, probabilities, c.prior)

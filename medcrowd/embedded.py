@@ -1,4 +1,4 @@
-"""The embedded deployment: Label Studio on SQLite and the ML backend, as child processes.
+"""The embedded deployment: Label Studio (SQLite or PostgreSQL) and the ML backend, as children.
 
 ``medcrowd up`` and the test suite both start Label Studio through ``LabelStudioProcess``,
 so the recipe that is tested is the one users run. Label Studio is told to keep every file
@@ -7,6 +7,10 @@ its PyPI version check and analytics, and to accept the loopback ML backend (its
 refuses loopback/private addresses by default; we switch that off for this instance only,
 which is safe because the instance itself listens on loopback — a hosted deployment keeps the
 guard on and allow-lists the backend, see docker/).
+
+Its database is SQLite in the data directory unless a :class:`PostgresDatabase` is given
+(``medcrowd up --database postgresql://…``); the database password then travels to Label
+Studio in its environment only and is never printed.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 
-__all__ = ["BackendProcess", "LabelStudioProcess", "free_port", "wait_http"]
+__all__ = ["BackendProcess", "LabelStudioProcess", "PostgresDatabase", "free_port", "wait_http"]
 
 
 def free_port() -> int:
@@ -50,6 +55,102 @@ def wait_http(
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+_PG_SCHEMES = ("postgresql", "postgres")
+_PG_FORM = "postgresql://user:password@host:port/dbname"
+
+
+@dataclass(frozen=True)
+class PostgresDatabase:
+    """A PostgreSQL database for Label Studio, usually parsed from a URL.
+
+    Attributes:
+        name: database name. user: role Label Studio logs in as.
+        password: that role's password ("" for trust/peer authentication); kept out of
+            ``repr`` and of every message — use :meth:`redacted` to show the URL.
+        host: host name or IP address, or an absolute directory holding the server's Unix
+            socket (libpq's ``?host=/run/postgresql`` form).
+        port: TCP port (also the socket file's suffix, ``.s.PGSQL.<port>``).
+    """
+
+    name: str
+    user: str
+    password: str = field(repr=False)
+    host: str = "localhost"
+    port: int = 5432
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresDatabase:
+        """Parse ``postgresql://user:password@host:port/dbname`` (scheme ``postgres`` too).
+
+        User and password may be percent-encoded (``p%40ss`` for ``p@ss``); the port
+        defaults to 5432 and the host to ``localhost``. The only query parameter accepted
+        is ``host=/socket/dir`` (Label Studio has no way to pass other libpq options).
+
+        Raises:
+            ValueError: another scheme, no user, no or a nested database name, a bad port,
+                an unknown query parameter. Messages never contain the password.
+        """
+        parts = urlsplit(url.strip())
+        scheme = parts.scheme.lower()
+        if scheme not in _PG_SCHEMES:
+            shown = f"scheme {scheme!r}" if scheme else "no scheme"
+            raise ValueError(f"--database must be a {_PG_FORM} URL, got {shown}")
+        # No message below quotes the URL: with an unescaped '/', '?', '#' or '@' in the
+        # password, any part of it may hold a piece of the password.
+        hint = f"want {_PG_FORM}, with '@:/?#%' in user or password percent-encoded"
+        try:
+            port = 5432 if parts.port is None else parts.port
+        except ValueError:
+            port = 0
+        if not 0 < port < 65536:
+            raise ValueError(f"--database: the port is not a number in 1..65535 ({hint})")
+        if parts.fragment:
+            raise ValueError(f"--database: a URL fragment ('#…') is not allowed ({hint})")
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if set(query) - {"host"}:
+            raise ValueError(
+                f"--database: the only query parameter accepted is ?host=/socket/dir ({hint})"
+            )
+        host = unquote(parts.hostname or "")
+        if "host" in query:
+            (socket_dir,) = query["host"][-1:]
+            if not socket_dir.startswith("/"):
+                raise ValueError("--database: ?host= must be an absolute socket directory")
+            host = socket_dir
+        user = unquote(parts.username or "")
+        if not user:
+            raise ValueError(f"--database: the URL names no user ({hint})")
+        name = unquote(parts.path.removeprefix("/"))
+        if not name or "/" in name:
+            raise ValueError(f"--database: the URL names no database, or a nested path ({hint})")
+        return cls(
+            name=name,
+            user=user,
+            password=unquote(parts.password or ""),
+            host=host or "localhost",
+            port=port,
+        )
+
+    def redacted(self) -> str:
+        """The URL with the password replaced by ``***`` (safe to print and log)."""
+        secret = ":***" if self.password else ""
+        if self.host.startswith("/"):
+            return f"postgresql://{self.user}{secret}@:{self.port}/{self.name}?host={self.host}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"postgresql://{self.user}{secret}@{host}:{self.port}/{self.name}"
+
+    def label_studio_environment(self) -> dict[str, str]:
+        """Label Studio 1.23's settings for this database (``core/settings/base.py``)."""
+        return {
+            "DJANGO_DB": "default",
+            "POSTGRE_NAME": self.name,
+            "POSTGRE_USER": self.user,
+            "POSTGRE_PASSWORD": self.password,
+            "POSTGRE_HOST": self.host,
+            "POSTGRE_PORT": str(self.port),
+        }
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, grace_s: float = 15.0) -> None:
@@ -102,14 +203,17 @@ class _ChildService:
 
 @dataclass
 class LabelStudioProcess(_ChildService):
-    """Label Studio on SQLite, started with an admin user and API token.
+    """Label Studio on SQLite (or PostgreSQL), started with an admin user and API token.
 
     Args:
-        data_dir: everything Label Studio writes goes below it.
+        data_dir: everything Label Studio writes goes below it (with PostgreSQL: uploads,
+            exports, logs; the tables live in the database).
         email, password, token: the admin created on first start; ``token`` is a 40-hex
             legacy API token.
         port: listen port on 127.0.0.1.
         local_files_root: enables Label Studio local-file serving from this directory.
+        database: PostgreSQL to use instead of SQLite in ``data_dir``; Label Studio runs its
+            migrations there on first start.
     """
 
     data_dir: Path
@@ -118,6 +222,7 @@ class LabelStudioProcess(_ChildService):
     token: str
     port: int = 8080
     local_files_root: Path | None = None
+    database: PostgresDatabase | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -130,6 +235,7 @@ class LabelStudioProcess(_ChildService):
         return self.data_dir / "logs" / "label-studio.log"
 
     def environment(self) -> dict[str, str]:
+        """The child's environment: ours plus Label Studio's settings (secrets included)."""
         env = dict(os.environ)
         home = self.data_dir / "home"
         home.mkdir(parents=True, exist_ok=True)
@@ -147,9 +253,18 @@ class LabelStudioProcess(_ChildService):
                 "SSRF_PROTECTION_ENABLED": "false",
                 "LATEST_VERSION_CHECK": "false",
                 "COLLECT_ANALYTICS": "false",
-                "DJANGO_DB": "sqlite",
             }
         )
+        if self.database is None:
+            db = {"DJANGO_DB": "sqlite"}
+        else:
+            db = self.database.label_studio_environment()
+        for key in [*db, "DATABASE_NAME"]:
+            # Label Studio reads LABEL_STUDIO_<KEY> and HEARTEX_<KEY> before <KEY>: a stray
+            # one in the caller's environment would silently pick another database.
+            for prefix in ("LABEL_STUDIO_", "HEARTEX_", ""):
+                env.pop(prefix + key, None)
+        env.update(db)
         if self.local_files_root is not None:
             env["LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED"] = "true"
             env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] = str(self.local_files_root)
@@ -161,7 +276,13 @@ class LabelStudioProcess(_ChildService):
         data = str(self.data_dir / "label-studio")
         cmd = [exe, "start", "--no-browser", "--internal-host", "127.0.0.1",
                "--port", str(self.port), "--data-dir", data]  # fmt: skip
-        self._launch(cmd, self.environment(), self.log_path, timeout_s)
+        try:
+            self._launch(cmd, self.environment(), self.log_path, timeout_s)
+        except RuntimeError as exc:  # the message carries the log's tail: scrub the secret
+            secret = self.database.password if self.database else ""
+            if secret and secret in str(exc):
+                raise RuntimeError(str(exc).replace(secret, "***")) from None
+            raise
 
 
 @dataclass

@@ -11,6 +11,12 @@ Gold annotations (Label Studio's ground-truth flag) are not votes: they score th
     report.png        reliability vs gold, agreement histogram, the worst tasks overlaid
     reliability.csv   annotator, email, tasks, reliability, dice_vs_gold, dice_vs_consensus
     summary.json      method, counts, the fallback reason if a guard fired
+
+With ``FuseOptions.scheduler`` (``medcrowd fuse --scheduler local|auto|tcp://host:port``)
+the fusion itself runs on a Dask cluster: crowd-wide STAPLE through
+:class:`fusion.distributed.DaskCrowdStaple` (bit-identical to the in-process result), the
+per-task methods through :func:`fusion.distributed.map_tasks`. Masks are read and results
+written here; a remote cluster's workers need medcrowd installed (the same version).
 """
 
 from __future__ import annotations
@@ -35,9 +41,13 @@ METHODS = ("crowd-staple", "staple", "weighted", "majority")
 
 @dataclass
 class FuseOptions:
+    """How to fuse. ``scheduler``: None (in this process), ``"local"`` (a Dask LocalCluster
+    for this run), ``"auto"`` (Dask's configured scheduler, else local) or ``tcp://host:port``."""
+
     method: str = "crowd-staple"
     min_annotators: int = 2
     min_agreement: float = 0.6
+    scheduler: str | None = None
 
 
 @dataclass
@@ -109,6 +119,9 @@ def fuse_dataset(
     """Fuse every task of the dataset at ``root`` with ``options.method``."""
     if options.method not in METHODS:
         raise ValueError(f"unknown method {options.method!r}; choose from {', '.join(METHODS)}")
+    from fusion.distributed import parse_scheduler
+
+    scheduler = parse_scheduler(options.scheduler)
     dataset = Dataset(root)
     dataset.meta()
     tasks, emails = _collect(dataset)
@@ -121,9 +134,14 @@ def fuse_dataset(
     reliability: dict[int, float] = {}
     if options.method == "crowd-staple":
         gold = {i: t.gold for i, t in enumerate(tasks) if t.gold is not None}
-        result = CrowdStaple().fit_predict(
-            [t.masks for t in tasks], [t.annotators for t in tasks], gold=gold or None
-        )
+        crowd = ([t.masks for t in tasks], [t.annotators for t in tasks])
+        if scheduler is None:
+            result = CrowdStaple().fit_predict(*crowd, gold=gold or None)
+        else:
+            from fusion.distributed import DaskCrowdStaple, dask_client
+
+            with dask_client(scheduler) as client:
+                result = DaskCrowdStaple().fit_predict(*crowd, gold=gold or None, client=client)
         fused = list(result.masks)  # on gold tasks this is the gold mask itself
         reliability = {int(k): float(v) for k, v in result.reliability.items()}  # type: ignore[call-overload]
         report.fallback = result.fallback
@@ -132,17 +150,24 @@ def fuse_dataset(
         default_w = float(np.mean(list(weights.values()))) if weights else 1.0
         fused = []
         per_annotator: dict[int, list[float]] = {}
-        iterable: Any = progress(tasks, len(tasks)) if progress else tasks
-        for t in iterable:
-            if options.method == "majority":
-                res = MajorityVote().fit_predict(t.masks)
-            elif options.method == "weighted":
-                w = np.array([weights.get(a, default_w) for a in t.annotators]) + 1e-6
-                res = WeightedVote().fit_predict(t.masks, weights=w)
-            else:
-                res = Staple().fit_predict(t.masks)
-            fused.append(res.mask)
-            for a, r in zip(t.annotators, res.reliability, strict=True):
+        jobs = [
+            (
+                options.method,
+                t.masks,
+                np.array([weights.get(a, default_w) for a in t.annotators]) + 1e-6,
+            )
+            for t in tasks
+        ]
+        if scheduler is None:
+            iterable: Any = progress(jobs, len(jobs)) if progress else jobs
+            results = [_fuse_task(job) for job in iterable]
+        else:
+            from fusion.distributed import map_tasks
+
+            results = map_tasks(_fuse_task, jobs, scheduler)
+        for t, (mask, rates) in zip(tasks, results, strict=True):
+            fused.append(mask)
+            for a, r in zip(t.annotators, rates, strict=True):
                 per_annotator.setdefault(a, []).append(float(r))
         reliability = {a: float(np.mean(v)) for a, v in per_annotator.items()}
     gold_dice = _gold_weights(tasks)
@@ -202,6 +227,21 @@ def fuse_dataset(
         )
     )
     return report
+
+
+def _fuse_task(
+    job: tuple[str, npt.NDArray[np.bool_], npt.NDArray[np.float64]],
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
+    """One task with a per-task method: (method, (R, H, W) bool masks, (R,) weighted-vote
+    weights) -> (fused mask, (R,) per-rater reliability). Module-level so Dask can ship it."""
+    method, masks, weights = job
+    if method == "majority":
+        res = MajorityVote().fit_predict(masks)
+    elif method == "weighted":
+        res = WeightedVote().fit_predict(masks, weights=weights)
+    else:
+        res = Staple().fit_predict(masks)
+    return res.mask, np.asarray(res.reliability, dtype=np.float64)
 
 
 def _report(

@@ -1,9 +1,10 @@
 """``medcrowd up``: the whole embedded platform on one machine, in one command.
 
-Steps: credentials (created once, 0600) → Label Studio on SQLite → ML backend → project from
-``configs/labeling_box_brush.xml`` → sample images (pydicom's bundled CT/MR, or ``--images``)
-→ backend connected for interactive pre-annotation → print URL and login → wait for Ctrl-C,
-then stop both. Re-running reuses the project and never duplicates tasks.
+Steps: credentials (created once, 0600) → Label Studio on SQLite (or on PostgreSQL with
+``--database``) → ML backend → project from ``configs/labeling_box_brush.xml`` → sample
+images (pydicom's bundled CT/MR, or ``--images``) → backend connected for interactive
+pre-annotation → print URL and login → wait for Ctrl-C, then stop both. Re-running reuses
+the project and never duplicates tasks.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from medcrowd.embedded import BackendProcess, LabelStudioProcess
+from medcrowd.embedded import BackendProcess, LabelStudioProcess, PostgresDatabase
 from medcrowd.settings import config_path, load_or_create_credentials
 from medcrowd.studio import ImportReport, Studio
 
@@ -26,6 +27,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 
 @dataclass
 class UpOptions:
+    """What ``medcrowd up`` starts; ``database`` None means SQLite inside ``data_dir``."""
+
     data_dir: Path
     port: int = 8080
     backend_port: int = 9090
@@ -34,6 +37,7 @@ class UpOptions:
     predictor: str = "litemedsam"
     device: str = "auto"
     wait: bool = True
+    database: PostgresDatabase | None = None
 
 
 def iter_image_files(folder: Path) -> list[tuple[str, bytes]]:
@@ -55,6 +59,7 @@ def run_up(opts: UpOptions, say: Callable[[str], None] = print) -> int:
         password=creds.password,
         token=creds.token,
         port=opts.port,
+        database=opts.database,
     )
     backend = BackendProcess(
         port=opts.backend_port,
@@ -73,7 +78,8 @@ def run_up(opts: UpOptions, say: Callable[[str], None] = print) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_signal)
     try:
-        say(f"Starting Label Studio (data in {opts.data_dir}; first start takes ~1 min) …")
+        where = f"on {opts.database.redacted()}, " if opts.database else ""
+        say(f"Starting Label Studio ({where}data in {opts.data_dir}; first start takes ~1 min) …")
         studio_proc.start()
         say("Starting the ML backend (loads LiteMedSAM once) …")
         backend.start()
