@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,7 +60,8 @@ class DeformedMaskGenerator:
        reflecting at the border;
     4. keep it if ``topology_problem`` finds nothing (no empty or vanishing classes,
        component counts within ``component_ratio`` of the source), else redraw, up to
-       ``max_tries`` times, then raise ``RuntimeError``.
+       ``max_tries`` times; a source that never passes is dropped (``dropped_`` lists
+       them) and another source is drawn; ``RuntimeError`` only when every source fails.
 
     Elastic deformation after P. Y. Simard, D. Steinkraus, J. C. Platt, "Best practices for
     convolutional neural networks applied to visual document analysis", ICDAR 2003.
@@ -87,6 +88,8 @@ class DeformedMaskGenerator:
     component_ratio: tuple[float, float] = (0.5, 2.0)
     min_fraction: float = 0.5
     max_tries: int = 20
+    dropped_: list[int] = field(default_factory=list, init=False, repr=False)
+    """Source masks the last ``sample`` dropped (none of their deformations passed)."""
 
     def sample(
         self, masks: LabelMaps, n: int, seed: int = 0
@@ -112,10 +115,22 @@ class DeformedMaskGenerator:
         rng = np.random.default_rng(seed)
         out = np.zeros((n, *masks.shape[1:]), dtype=np.uint8)
         sources = np.zeros(n, dtype=np.int64)
+        failed: dict[int, str] = {}
         for k in range(n):
-            src = int(rng.choice(usable))
-            out[k] = self._one(masks[src], rng)
-            sources[k] = src
+            while True:
+                if not usable:
+                    reasons = "; ".join(f"mask {i}: {why}" for i, why in sorted(failed.items()))
+                    raise RuntimeError(f"no source mask deforms validly ({reasons})")
+                src = int(rng.choice(usable))
+                try:
+                    out[k] = self._one(masks[src], rng)
+                except RuntimeError as exc:  # this source cannot keep its topology: drop it
+                    failed[src] = str(exc)
+                    usable.remove(src)
+                    continue
+                sources[k] = src
+                break
+        self.dropped_ = sorted(failed)
         return out, sources
 
     def _one(self, mask: LabelMaps, rng: np.random.Generator) -> npt.NDArray[np.uint8]:

@@ -105,6 +105,7 @@ def evaluate_command(
     channels: Annotated[str, typer.Option(help="U-Net channels per level.")] = "16,32,64,128",
     synth_steps: Annotated[int, typer.Option(help="pix2pix training steps.")] = 1500,
     synth_count: Annotated[int, typer.Option(help="Synthetic pairs; 0 = as many as (b).")] = 0,
+    synth_ngf: Annotated[int, typer.Option(help="pix2pix generator/discriminator width.")] = 32,
     crowd_models: Annotated[
         str | None,
         typer.Option(help="Simulated annotator pool, comma-separated model names."),
@@ -140,6 +141,7 @@ def evaluate_command(
         crowd_method=method,
         synth_steps=synth_steps,
         synth_count=synth_count,
+        synth_ngf=synth_ngf,
         invert_masks=invert_masks,
         arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
         device=device,

@@ -63,3 +63,17 @@ def test_impossible_constraints_raise():
     gen = DeformedMaskGenerator(min_fraction=5.0, max_tries=2)
     with pytest.raises(RuntimeError, match="no valid deformation"):
         gen.sample(labels, 1)
+
+
+def test_a_source_that_cannot_deform_is_dropped_not_fatal() -> None:
+    # mask 0: one solid square (keeps its single component); mask 1: 576 isolated 1-px dots,
+    # whose exact count no nearest-neighbour warp keeps → dropped, mask 0 still serves
+    solid = np.zeros((48, 48), np.uint8)
+    solid[12:36, 12:36] = 1
+    checker = np.zeros((48, 48), np.uint8)
+    checker[::2, ::2] = 1
+    gen = DeformedMaskGenerator(max_tries=3, component_ratio=(1.0, 1.0))
+    new, src = gen.sample(np.stack([solid, checker]), 6, seed=0)
+    assert set(src.tolist()) == {0}
+    assert gen.dropped_ == [1]
+    assert all(n.any() for n in new)
