@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from medcrowd.cli_segmenter import evaluate_command, select_command, train_app
 from medcrowd.cli_synth import export_command, synth_app
 from medcrowd.console import console, err, progress
 from medcrowd.settings import default_data_dir
@@ -23,6 +24,9 @@ backend_app = typer.Typer(help="The Label Studio ML backend (MedSAM box → mask
 app.add_typer(backend_app, name="backend")
 app.add_typer(synth_app, name="synth")
 app.command("export")(export_command)
+app.add_typer(train_app, name="train")
+app.command("evaluate")(evaluate_command)
+app.command("select")(select_command)
 
 
 @app.command()
@@ -51,10 +55,27 @@ def up(
     wait: Annotated[
         bool, typer.Option(help="Keep serving until Ctrl-C (--no-wait: set up, then stop).")
     ] = True,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            help="Run Label Studio on PostgreSQL: postgresql://user:password@host:port/dbname "
+            "(default: SQLite in --data-dir). Prefer the env var: a password on the command "
+            "line is visible to other users in ps.",
+            envvar="MEDCROWD_DATABASE_URL",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Start Label Studio (SQLite) + the ML backend, create a project, import sample images."""
+    """Start Label Studio (SQLite or PostgreSQL) + the ML backend, create a project, import
+    sample images."""
+    from medcrowd.embedded import PostgresDatabase
     from medcrowd.up import UpOptions, run_up
 
+    try:
+        db = PostgresDatabase.from_url(database) if database else None
+    except ValueError as exc:  # the message never quotes the URL (it may hold the password)
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     opts = UpOptions(
         data_dir=(data_dir or default_data_dir()).expanduser().resolve(),
         port=port,
@@ -64,6 +85,7 @@ def up(
         predictor=predictor,
         device=device,
         wait=wait,
+        database=db,
     )
     from label_studio_sdk.core.api_error import ApiError
 
@@ -130,10 +152,37 @@ def backend_serve(
         list[Path] | None,
         typer.Option(help="Directory local-file images must lie in (repeatable)."),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes, one model each; more than 1 runs them under gunicorn.",
+            envvar="MEDCROWD_BACKEND_WORKERS",
+        ),
+    ] = 1,
+    max_inflight: Annotated[
+        int,
+        typer.Option(
+            help="Predict requests each worker works on at once.",
+            envvar="MEDCROWD_BACKEND_MAX_INFLIGHT",
+        ),
+    ] = 2,
+    max_queue: Annotated[
+        int,
+        typer.Option(
+            help="Predict requests each worker lets wait; beyond that: 503 + Retry-After.",
+            envvar="MEDCROWD_BACKEND_MAX_QUEUE",
+        ),
+    ] = 32,
+    request_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds before a predict request is answered 504.",
+            envvar="MEDCROWD_BACKEND_REQUEST_TIMEOUT_S",
+        ),
+    ] = 90.0,
     log_level: Annotated[str, typer.Option(help="debug | info | warning.")] = "info",
 ) -> None:
     """Serve the ML backend that Label Studio calls (/health /setup /predict /webhook)."""
-    from ml_backend.errors import ModelUnavailable
     from ml_backend.server import BackendConfig, serve
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
@@ -152,10 +201,14 @@ def backend_serve(
         device=device,
         checkpoint=checkpoint,
         cache_dir=cache_dir or default_data_dir() / "cache",
+        workers=workers,
+        max_inflight=max_inflight,
+        max_queue=max_queue,
+        request_timeout_s=request_timeout,
     )
     try:
         serve(config, log_level=log_level.lower())
-    except (ValueError, ModelUnavailable) as exc:
+    except (ValueError, RuntimeError) as exc:  # ModelUnavailable is a RuntimeError
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
@@ -216,7 +269,7 @@ def pull(
 
     try:
         report = do_pull(studio, pid, out, on_record=on_record, progress=progress("pull"))
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: Label Studio stayed down
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print(
@@ -235,17 +288,29 @@ def fuse(
     min_agreement: Annotated[
         float, typer.Option(help="Flag tasks whose mean pairwise Dice is lower.")
     ] = 0.6,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the fusion on Dask: local (a cluster on this machine for this run), "
+            "auto (DASK_SCHEDULER_ADDRESS, else local) or tcp://host:port. Default: in "
+            "this process. Results are identical either way.",
+            envvar="MEDCROWD_DASK_SCHEDULER",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Fuse the crowd's masks per task; write masks, reliability and flagged tasks."""
     from medcrowd.fuse import FuseOptions, fuse_dataset
 
+    options = FuseOptions(
+        method=method,
+        min_annotators=min_annotators,
+        min_agreement=min_agreement,
+        scheduler=scheduler,
+    )
     try:
-        report = fuse_dataset(
-            dataset,
-            FuseOptions(method=method, min_annotators=min_annotators, min_agreement=min_agreement),
-            progress=progress("fuse"),
-        )
-    except (ValueError, FileNotFoundError) as exc:
+        report = fuse_dataset(dataset, options, progress=progress("fuse"))
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     note = f"; guard fell back: {report.fallback}" if report.fallback else ""
@@ -275,7 +340,11 @@ def push(
     except (ValueError, FileNotFoundError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    report = do_push(_studio(url, token), fused, method)
+    try:
+        report = do_push(_studio(url, token), fused, method)
+    except RuntimeError as exc:  # LabelStudioUnavailable: the message says what was pushed
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
     console.print(
         f"{report.pushed} consensus predictions pushed, {report.unchanged} unchanged, "
         f"{report.replaced} stale ones replaced (model_version consensus-{method})"

@@ -7,8 +7,11 @@ Label Studio hands tasks with image URLs that are usually relative (``/data/uplo
   read from disk, but only when the resolved path lies inside one of ``allowed_roots``;
 * anything else: an HTTP GET to the configured Label Studio host, with the backend's own
   API token. Absolute URLs to any other host, other schemes (``file:``, ``s3:``, ``data:``)
-  and redirects off the host are refused, so a crafted task cannot make the backend read
-  files or reach other machines (SSRF).
+  and redirects (to any host: none is followed) are refused, so a crafted task cannot make
+  the backend read files or reach other machines (SSRF). The request is rebuilt from the
+  configured base URL plus the task URL's path and query, never sent as the client wrote
+  it, so URL-parser differences (userinfo, backslashes, odd IP spellings) cannot steer it
+  elsewhere; URLs carrying credentials are refused outright.
 """
 
 from __future__ import annotations
@@ -62,10 +65,12 @@ def decode_image(data: bytes, max_pixels: int) -> npt.NDArray[np.generic]:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except InvalidInput:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InvalidInput(f"image could not be decoded: {exc}") from exc
     except Image.DecompressionBombError as exc:
         raise InvalidInput(f"image refused as a decompression bomb: {exc}") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InvalidInput(f"image could not be decoded: {exc}") from exc
+    except Exception as exc:  # Pillow's plugins raise many types on hostile files
+        raise InvalidInput(f"image could not be decoded ({type(exc).__name__}: {exc})") from exc
 
 
 def _is_jwt(token: str) -> bool:
@@ -149,14 +154,17 @@ class ImageFetcher:
         """Return the decoded image for a task URL (see ``decode_image`` for the layout).
 
         The array is read-only: it may be shared with later requests through the cache.
+        The URL is checked before the cache is consulted, so a cached image is never handed
+        out for a URL that would be refused.
         """
-        key = self._cache_key(url)
+        source = self._resolve(url)
+        key = self._cache_key(source)
         if key is not None:
             with self._lock:
                 if key in self._decoded:
                     self._decoded.move_to_end(key)
                     return self._decoded[key]
-        image = decode_image(self.fetch_bytes(url), self.max_pixels)
+        image = decode_image(self._read(source), self.max_pixels)
         image.flags.writeable = False
         if key is not None and self.cached_images > 0:
             with self._lock:
@@ -165,58 +173,89 @@ class ImageFetcher:
                     self._decoded.popitem(last=False)
         return image
 
-    def _cache_key(self, url: str) -> tuple[Any, ...] | None:
-        if not isinstance(url, str):
-            return None
-        parsed = urllib.parse.urlparse(url.strip())
-        if parsed.path.startswith("/data/local-files") and self.local_files_root is not None:
-            try:
-                path = self._local_path(parsed)
-                if path is None:
-                    return None
-                stat = path.stat()
-            except (InvalidInput, OSError):
-                return None  # fetch_bytes raises the proper error
-            return ("file", str(path), stat.st_size, stat.st_mtime_ns)
-        relative = parsed.scheme == "" and url.startswith("/")
-        if parsed.path.startswith("/data/upload/") and (relative or self._same_host(parsed)):
-            return ("upload", parsed.path)
-        return None
-
     def fetch_bytes(self, url: str) -> bytes:
+        """The raw bytes behind a task URL, under the rules in the module docstring."""
+        return self._read(self._resolve(url))
+
+    def _resolve(self, url: object) -> _Source:
+        """Check a task URL and say what to read: a local file or a Label Studio URL."""
         if not isinstance(url, str) or not url.strip():
             raise InvalidInput("task has no image URL")
         url = url.strip()
-        parsed = urllib.parse.urlparse(url)
+        parsed = _parse(url)
         if parsed.scheme in ("", "http", "https") and parsed.path.startswith("/data/local-files"):
             local = self._local_path(parsed)
             if local is not None:
-                return self._read_local(local)
+                return _Source(local=local)
+        upload = parsed.path.startswith("/data/upload/")
         if parsed.scheme in ("http", "https"):
             if not self._same_host(parsed):
                 raise InvalidInput(
-                    f"image URL host {parsed.netloc!r} is not the configured Label Studio "
+                    f"image URL host {parsed.netloc[:80]!r} is not the configured Label Studio "
                     "host; the backend only fetches from there"
                 )
-            return self._http_get(url)
-        if parsed.scheme == "" and url.startswith("/"):
+            if "@" in parsed.netloc:
+                raise InvalidInput("image URLs with credentials (user@host) are not accepted")
+            return _Source(url=self._on_label_studio(parsed), upload=upload)
+        if parsed.scheme == "" and parsed.netloc == "" and url.startswith("/"):
             if not self.label_studio_url:
                 raise InvalidInput("relative image URL but no Label Studio URL configured")
-            return self._http_get(self.label_studio_url + url)
+            target = self.label_studio_url + self._path_and_query(parsed)
+            return _Source(url=target, upload=upload)
         raise InvalidInput(
             f"unsupported image URL {url[:80]!r}: expected a Label Studio /data/ URL"
         )
+
+    def _read(self, source: _Source) -> bytes:
+        if source.local is not None:
+            return self._read_local(source.local)
+        return self._http_get(source.url)
+
+    @staticmethod
+    def _cache_key(source: _Source) -> tuple[Any, ...] | None:
+        """Only immutable sources: uploads (unique names), local files by size and mtime."""
+        if source.local is not None:
+            try:
+                stat = source.local.stat()
+            except OSError:
+                return None  # _read_local raises the proper error
+            return ("file", str(source.local), stat.st_size, stat.st_mtime_ns)
+        if source.upload:
+            return ("upload", source.url)
+        return None
 
     # -- helpers ----------------------------------------------------------------------
     def _same_host(self, parsed: urllib.parse.ParseResult) -> bool:
         if not self.label_studio_url:
             return False
         base = urllib.parse.urlparse(self.label_studio_url)
-        return (parsed.scheme, parsed.hostname, parsed.port or _default_port(parsed.scheme)) == (
+        try:
+            port = parsed.port or _default_port(parsed.scheme)
+        except ValueError as exc:  # "host:99999", "host:abc"
+            raise InvalidInput(f"image URL has an invalid port: {exc}") from exc
+        return (parsed.scheme, parsed.hostname, port) == (
             base.scheme,
             base.hostname,
             base.port or _default_port(base.scheme),
         )
+
+    @staticmethod
+    def _path_and_query(parsed: urllib.parse.ParseResult) -> str:
+        """``/path?query`` of a task URL, refusing backslashes, control bytes and ``..``."""
+        if any(ch in parsed.path or ch in parsed.query for ch in "\\\r\n\t\x00"):
+            raise InvalidInput("image URL contains control characters or backslashes")
+        decoded = parsed.path
+        for _ in range(3):  # %2e%2e, %252e%252e: whatever a later hop may decode
+            decoded = urllib.parse.unquote(decoded)
+        if any(segment in (".", "..") for segment in decoded.replace("\\", "/").split("/")):
+            raise InvalidInput("image URL path must not contain '.' or '..' segments")
+        path = parsed.path if parsed.path.startswith("/") else "/" + parsed.path
+        return path + (f"?{parsed.query}" if parsed.query else "")
+
+    def _on_label_studio(self, parsed: urllib.parse.ParseResult) -> str:
+        """The URL to fetch: the configured origin + the task URL's path and query."""
+        base = urllib.parse.urlparse(self.label_studio_url or "")
+        return f"{base.scheme}://{base.netloc}{self._path_and_query(parsed)}"
 
     def _local_path(self, parsed: urllib.parse.ParseResult) -> Path | None:
         if self.local_files_root is None:
@@ -225,17 +264,27 @@ class ImageFetcher:
         rel = (query.get("d") or [""])[0]
         if not rel:
             raise InvalidInput("local-files URL has no ?d= path")
-        candidate = (Path(self.local_files_root) / rel).resolve()
+        try:
+            candidate = (Path(self.local_files_root) / rel).resolve()
+        except (OSError, ValueError, RuntimeError) as exc:  # NUL byte, symlink loop, too long
+            raise InvalidInput(f"local file path {rel[:80]!r} is not usable: {exc}") from exc
         if not any(candidate.is_relative_to(root) for root in self.allowed_roots):
             raise InvalidInput(f"local file {rel!r} lies outside the allowed roots")
         return candidate
 
     def _read_local(self, path: Path) -> bytes:
-        if not path.is_file():
-            raise InvalidInput(f"local file not found: {path.name}")
-        if path.stat().st_size > self.max_bytes:
+        try:
+            if not path.is_file():
+                raise InvalidInput(f"local file not found: {path.name[:80]}")
+            if path.stat().st_size > self.max_bytes:
+                raise InvalidInput(f"image file is larger than {self.max_bytes} bytes")
+            with path.open("rb") as handle:
+                data = handle.read(self.max_bytes + 1)  # the file may grow after the stat
+        except OSError as exc:
+            raise InvalidInput(f"local file could not be read: {path.name[:80]}") from exc
+        if len(data) > self.max_bytes:
             raise InvalidInput(f"image file is larger than {self.max_bytes} bytes")
-        return path.read_bytes()
+        return data
 
     def _http_get(self, url: str) -> bytes:
         with httpx.Client(timeout=self.timeout_s, follow_redirects=False) as client:
@@ -267,5 +316,21 @@ class ImageFetcher:
         return b"".join(chunks)
 
 
+@dataclass(frozen=True)
+class _Source:
+    """A checked image source: a local file inside the roots, or a Label Studio URL."""
+
+    local: Path | None = None
+    url: str = ""
+    upload: bool = False
+
+
 def _default_port(scheme: str) -> int:
     return 443 if scheme == "https" else 80
+
+
+def _parse(url: str) -> urllib.parse.ParseResult:
+    try:
+        return urllib.parse.urlparse(url)
+    except ValueError as exc:  # e.g. "http://[::1" (unbalanced IPv6 brackets)
+        raise InvalidInput(f"image URL {url[:80]!r} is malformed: {exc}") from exc

@@ -204,3 +204,62 @@ def test_server_still_answers_after_bad_requests(
     resp = client.post("/predict", json=predict_body(tasks["slice"], ctx))
     assert resp.status_code == 200
     assert resp.json()["results"][0]["result"][0]["type"] == "brushlabels"
+
+
+# -- back-pressure as Label Studio sees it ----------------------------------------------------
+def test_label_studio_reports_a_busy_backend(
+    label_studio: StudioHandle, litemedsam: Any, shared_data: Path
+) -> None:
+    """A saturated backend answers Label Studio's interactive call 503; LS passes it on.
+
+    The backend fetches images from a stand-in host that holds its answers, so one request
+    fills its single slot for as long as the test wants.
+    """
+    import secrets
+    import threading
+
+    from medcrowd.embedded import free_port
+    from ml_backend.server import BackendConfig, create_app
+    from tests.conftest import _ThreadedServer
+    from tests.ml_backend.test_server_ssrf import ImageHost
+
+    slice_png = (shared_data / "sammed2d_demo" / "images" / "amos_0004_75.png").read_bytes()
+    studio = Studio(label_studio.url, label_studio.token)
+    project_id = studio.ensure_project(f"busy {uuid.uuid4().hex[:8]}", XML)
+    studio.import_images(project_id, [("busy.png", slice_png)])
+    (task,) = list(studio.client.tasks.list(project=project_id, fields="all"))
+    host = ImageHost(files={task.data["image"].removeprefix("/data/upload/"): slice_png})
+    port = free_port()
+    auth = ("labelstudio", secrets.token_urlsafe(12))
+    config = BackendConfig(
+        port=port,
+        basic_auth=auth,
+        label_studio_url=host.url,  # the held stand-in, not Label Studio itself
+        max_inflight=1,
+        max_queue=0,
+        warm_on_import=False,
+    )
+    url = f"http://127.0.0.1:{port}"
+    with _ThreadedServer(create_app(config, predictor=litemedsam), port):
+        ml_id = studio.connect_backend(project_id, url, auth)
+        context = box_context([100, 100, 300, 300], 512, 512)
+        host.hold()
+        blocker = threading.Thread(
+            target=httpx.post,
+            args=(f"{url}/predict",),
+            kwargs={"json": predict_body({"id": task.id, "data": dict(task.data)}, context),
+                    "auth": auth, "timeout": 120},
+        )  # fmt: skip
+        blocker.start()
+        try:
+            assert host.arrived.acquire(timeout=60)
+            answer = studio.interactive_predict(ml_id, task.id, context)
+            assert answer.get("errors"), answer
+            assert "503" in str(answer["errors"]), answer
+        finally:
+            host.release()
+            blocker.join(timeout=120)
+        answer = studio.interactive_predict(ml_id, task.id, context)
+        assert "errors" not in answer, answer
+        assert answer["data"]["result"][0]["type"] == "brushlabels"
+    host.close()
