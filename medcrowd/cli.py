@@ -141,6 +141,14 @@ def backend_serve(
         Path | None,
         typer.Option(help="Weights for medsam / sam_* (never downloaded)."),
     ] = None,
+    draft_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="A `medcrowd train segmenter` file: tasks opened without a box get its mask "
+            "as a draft.",
+            envvar="MEDCROWD_BACKEND_DRAFT_MODEL",
+        ),
+    ] = None,
     cache_dir: Annotated[
         Path | None, typer.Option(help="On-disk embedding cache and exported ONNX models.")
     ] = None,
@@ -200,6 +208,7 @@ def backend_serve(
         predictor=predictor,
         device=device,
         checkpoint=checkpoint,
+        draft_model=draft_model,
         cache_dir=cache_dir or default_data_dir() / "cache",
         workers=workers,
         max_inflight=max_inflight,

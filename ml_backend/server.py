@@ -9,7 +9,9 @@ Endpoints, as Label Studio 1.23.2 calls them:
   one entry per task in order. An interactive call carries the volunteer's rectangle in
   ``params.context``; the answer is a ``brushlabels`` mask with that label. A batch call
   with no rectangle gets an empty list for the task (Label Studio then stores no
-  prediction, rather than an empty one that would show as a blank tab in the UI).
+  prediction, rather than an empty one that would show as a blank tab in the UI) —
+  unless a draft segmenter is configured (``draft_model``): then the call gets its
+  whole-image mask as a ``draft-<hash>`` prediction (prompt-free pre-annotation).
 * ``POST /webhook`` → on ``TASKS_CREATED`` the embeddings of the new tasks' images are
   computed in a background thread, so a volunteer's first box is already warm.
 
@@ -87,6 +89,8 @@ class BackendConfig:
         predictor: registry name (``litemedsam`` default, ``medsam``, ``sam_vit_b|l|h``).
         device: ``auto`` | ``cpu`` | ``cuda``.
         checkpoint: weights path for ``medsam``/``sam_*`` (never downloaded).
+        draft_model: a ``medcrowd train segmenter`` file; a /predict without a drawn box
+            then answers its whole-image mask as a draft (:mod:`ml_backend.draft`).
         cache_dir: on-disk embedding cache and exported ONNX models (shared by workers).
         cache_bytes: in-memory embedding cache bound (per worker).
         max_body_bytes: largest request body accepted (Label Studio's interactive calls
@@ -114,6 +118,7 @@ class BackendConfig:
     predictor: str = "litemedsam"
     device: str = "auto"
     checkpoint: Path | None = None
+    draft_model: Path | None = None
     cache_dir: Path | None = None
     cache_bytes: int = 512 * 1024 * 1024
     max_body_bytes: int = 32 * 1024 * 1024
@@ -277,10 +282,16 @@ class _Engine:
     """
 
     def __init__(
-        self, predictor: Any, fetcher: ImageFetcher, max_inflight: int = 2, max_queue: int = 32
+        self,
+        predictor: Any,
+        fetcher: ImageFetcher,
+        max_inflight: int = 2,
+        max_queue: int = 32,
+        draft: Any | None = None,
     ) -> None:
         self.predictor = predictor
         self.fetcher = fetcher
+        self.draft = draft
         self.lock = threading.Lock()
         self.queue = _ModelQueue(max_inflight, max_queue)
         self.warmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm")
@@ -312,11 +323,14 @@ class _Engine:
         config = parse_label_config(xml)
         if context is not None and not isinstance(context, dict):
             raise InvalidInput("params.context must be an object")
-        if not context or not context.get("result"):
+        boxless = not context or not context.get("result")
+        if boxless and self.draft is None:
             return []  # no box drawn (batch call): no prediction, not an empty one
         data = task.get("data")
         if not isinstance(data, dict) or config.image_key not in data:
             raise InvalidInput(f"task has no image under data.{config.image_key}")
+        if boxless or context is None:
+            return self._draft(data[config.image_key], config)
         _check_rectangle_numbers(context)
         image = self.fetcher.fetch(data[config.image_key])
         height, width = image.shape[:2]
@@ -329,6 +343,19 @@ class _Engine:
         result = brush_result(mask, prompt.label, config.brush_name, config.image_name)
         result["score"] = float(score)
         return {"result": [result], "score": float(score), "model_version": self.model_version}
+
+    def _draft(self, url: Any, config: Any) -> dict[str, Any] | list[Any]:
+        """The draft segmenter's whole-image mask (prompt-free pre-annotation), or ``[]``
+        when it finds nothing."""
+        draft = self.draft
+        if draft is None:
+            return []
+        mask = draft.predict(self.fetcher.fetch(url))
+        if not mask.any():
+            return []
+        label = config.brush_labels[0] if config.brush_labels else "Organ"
+        result = brush_result(mask, label, config.brush_name, config.image_name)
+        return {"result": [result], "model_version": draft.model_version}
 
     def warm_tasks(self, tasks: list[Any], image_key: str | None) -> int:
         """Queue embedding precomputation for the tasks' images; returns how many queued."""
@@ -623,7 +650,12 @@ def create_app(config: BackendConfig, predictor: Any | None = None) -> _BodyLimi
         allowed_roots=list(config.allowed_roots),
         max_pixels=config.max_image_pixels,
     )
-    engine = _Engine(predictor, fetcher, config.max_inflight, config.max_queue)
+    draft = None
+    if config.draft_model is not None:
+        from ml_backend.draft import DraftModel
+
+        draft = DraftModel(config.draft_model, device=config.device)
+    engine = _Engine(predictor, fetcher, config.max_inflight, config.max_queue, draft)
     app = FastAPI(
         title="medcrowd ML backend",
         version="1",

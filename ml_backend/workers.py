@@ -114,7 +114,7 @@ def config_from_env(env: Mapping[str, str] | None = None) -> BackendConfig:
     ``MEDCROWD_BACKEND_USER``, ``MEDCROWD_BACKEND_PASSWORD`` (the same names
     ``medcrowd backend serve`` reads), and ``MEDCROWD_BACKEND_`` + ``HOST`` (the bind address,
     only to decide whether auth is mandatory: anything but loopback needs it; default
-    ``0.0.0.0``), ``PREDICTOR``, ``DEVICE``, ``CHECKPOINT``, ``CACHE_DIR``,
+    ``0.0.0.0``), ``PREDICTOR``, ``DEVICE``, ``CHECKPOINT``, ``DRAFT_MODEL``, ``CACHE_DIR``,
     ``LOCAL_FILES_ROOT``, ``ALLOWED_ROOTS`` (``os.pathsep``-separated), ``CACHE_BYTES``,
     ``MAX_BODY_BYTES``, ``MAX_IMAGE_PIXELS``, ``WARM_ON_IMPORT``, ``MAX_INFLIGHT``,
     ``MAX_QUEUE``, ``REQUEST_TIMEOUT_S``.
@@ -137,6 +137,7 @@ def config_from_env(env: Mapping[str, str] | None = None) -> BackendConfig:
         predictor=env.get(ENV_PREFIX + "PREDICTOR") or defaults.predictor,
         device=env.get(ENV_PREFIX + "DEVICE") or defaults.device,
         checkpoint=_env_path(env, "CHECKPOINT"),
+        draft_model=_env_path(env, "DRAFT_MODEL"),
         cache_dir=_env_path(env, "CACHE_DIR"),
         cache_bytes=_env_int(env, "CACHE_BYTES", defaults.cache_bytes),
         max_body_bytes=_env_int(env, "MAX_BODY_BYTES", defaults.max_body_bytes),
