@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from medcrowd.console import console, err, progress
+from medcrowd.console import bars, console, err, progress
 
 __all__ = ["evaluate_command", "select_command", "train_app"]
 
@@ -45,24 +45,7 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 @contextmanager
 def _stages() -> Iterator[Any]:
     """One rich progress bar per stage; yields a ``(stage, done, total)`` callback."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    ) as bar:
+    with bars() as bar:
         tasks: dict[str, Any] = {}
 
         def update(stage: str, done: int, total: int) -> None:
@@ -209,19 +192,22 @@ def _train(kind: str, data: Path, out: Path, size: int, steps: int, seed: int, d
 _TrainData = Annotated[Path, typer.Argument(help="Labelled pairs or a pulled + fused dataset.")]
 _TrainOut = Annotated[Path, typer.Option(help="Model file to write.")]
 _Channels = Annotated[str, typer.Option(help="U-Net channels per level.")]
+_Size = Annotated[int, typer.Option(help="Network input side.")]
+_Steps = Annotated[int, typer.Option(help="Optimiser steps.")]
+_Seed = Annotated[int, typer.Option(help="Seed.")]
+_Invert = Annotated[bool, typer.Option(help="Foreground is 0 in the masks.")]
+_Method = Annotated[str, typer.Option(help="Fused-label method of a dataset.")]
 
 
 @train_app.command("segmenter")
 def train_segmenter(
     data: _TrainData,
     out: _TrainOut = Path("segmenter.pt"),
-    size: Annotated[int, typer.Option(help="Network input side.")] = 128,
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 600,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    invert_masks: Annotated[bool, typer.Option(help="Foreground is 0 in the masks.")] = False,
-    method: Annotated[str, typer.Option(help="Fused-label method of a dataset.")] = (
-        "crowd-staple"
-    ),
+    size: _Size = 128,
+    steps: _Steps = 600,
+    seed: _Seed = 0,
+    invert_masks: _Invert = False,
+    method: _Method = "crowd-staple",
     channels: _Channels = "16,32,64,128",
     device: DeviceOpt = "auto",
 ) -> None:
@@ -237,13 +223,11 @@ def train_segmenter(
 def train_sqa(
     data: _TrainData,
     out: _TrainOut = Path("sqa.pt"),
-    size: Annotated[int, typer.Option(help="Network input side.")] = 128,
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 600,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    invert_masks: Annotated[bool, typer.Option(help="Foreground is 0 in the masks.")] = False,
-    method: Annotated[str, typer.Option(help="Fused-label method of a dataset.")] = (
-        "crowd-staple"
-    ),
+    size: _Size = 128,
+    steps: _Steps = 600,
+    seed: _Seed = 0,
+    invert_masks: _Invert = False,
+    method: _Method = "crowd-staple",
     folds: Annotated[int, typer.Option(help="Folds for the out-of-fold error targets.")] = 3,
     channels: _Channels = "16,32,64,128",
     device: DeviceOpt = "auto",

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from medcrowd.console import console, err, progress
+from medcrowd.console import bars, console, err, progress
 
 __all__ = ["export_command", "synth_app"]
 
@@ -29,25 +29,9 @@ _USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
 @contextmanager
 def _bar(description: str, total: int, finishing: str = "") -> Iterator[Any]:
     """A rich progress bar with ETA; yields a ``(done, total, losses)`` callback."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import TextColumn
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-    )
-    with Progress(*columns, console=err) as bar:
+    with bars(TextColumn("{task.fields[info]}")) as bar:
         task = bar.add_task(description, total=total, info="")
 
         def update(done: int, total_: int, losses: dict[str, float]) -> None:

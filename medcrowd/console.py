@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-__all__ = ["console", "err", "progress"]
+__all__ = ["bars", "console", "err", "progress"]
 
 console = Console()
 err = Console(stderr=True)
@@ -21,3 +21,27 @@ def progress(description: str) -> Callable[[Iterable[Any], int], Iterable[Any]]:
         return track(items, total=total, description=description, console=err)
 
     return wrap
+
+
+def bars(*extra: Any) -> Any:
+    """A rich ``Progress`` on stderr: description, bar, done/total, elapsed, ETA, then
+    ``extra`` columns. Use as a context manager; add one task per stage."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        *extra,
+        console=err,
+    )
