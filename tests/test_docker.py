@@ -47,7 +47,7 @@ def compose() -> list[str]:
 
 def _env_example() -> dict[str, str]:
     out = {}
-    for line in (DOCKER / ".env.example").read_text().splitlines():
+    for line in (DOCKER / ".env.example").read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             key, _, value = line.partition("=")
             out[key.strip()] = value.strip()
@@ -60,7 +60,7 @@ def _project(tmp_path: Path, env: dict[str, str], compose_text: str | None = Non
     shutil.copytree(DOCKER, folder)
     (folder / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     if compose_text is not None:
-        (folder / "compose.yaml").write_text(compose_text)
+        (folder / "compose.yaml").write_text(compose_text, encoding="utf-8")
     return folder
 
 
@@ -71,8 +71,8 @@ def _config(
     args += [a for prof in profiles for a in ("--profile", prof)]
     clean_env = {k: v for k, v in os.environ.items() if k not in _env_example()}
     return subprocess.run(
-        [*compose, *args, "config"], cwd=folder, capture_output=True, text=True, timeout=120,
-        env=clean_env,
+        [*compose, *args, "config"], cwd=folder, capture_output=True, text=True,
+        encoding="utf-8", timeout=120, env=clean_env,
     )  # fmt: skip
 
 
@@ -204,7 +204,7 @@ def _break_type(text: str) -> str:
 def test_a_broken_compose_file_fails_validation(
     compose: list[str], tmp_path: Path, breakage: Any
 ) -> None:
-    original = (DOCKER / "compose.yaml").read_text()
+    original = (DOCKER / "compose.yaml").read_text(encoding="utf-8")
     broken = breakage(original)
     assert broken != original  # the breakage really applied
     result = _config(compose, _project(tmp_path, _env_example(), broken))
@@ -219,7 +219,7 @@ def test_env_example_holds_placeholders_only_and_env_is_ignored() -> None:
     assert len(secrets) >= 5
     for key in secrets:
         assert env[key].startswith("change-me"), key
-    raw = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    raw = yaml.safe_load((DOCKER / "compose.yaml").read_text(encoding="utf-8"))
     for name, svc in raw["services"].items():
         for key, value in _as_env(svc.get("environment")).items():
             if secret.search(key):
@@ -243,7 +243,7 @@ def test_ssrf_defaults_copy_matches_the_installed_label_studio() -> None:
         from ssrf_subnets import LABEL_STUDIO_DEFAULT_BANNED
     finally:
         sys.path.remove(str(DOCKER))
-    tree = ast.parse((_label_studio_dir() / "core" / "utils" / "io.py").read_text())
+    tree = ast.parse((_label_studio_dir() / "core" / "utils" / "io.py").read_text(encoding="utf-8"))
     lists = [
         ast.literal_eval(node.value)
         for node in ast.walk(tree)
@@ -296,7 +296,7 @@ def test_label_studio_reaches_the_backend_and_nothing_else_private(
     })  # fmt: skip
     run = subprocess.run(
         [sys.executable, "-c", script, json.dumps(list(probes))],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        capture_output=True, text=True, encoding="utf-8", timeout=120, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     verdict = json.loads(run.stdout.strip().splitlines()[-1])
@@ -319,14 +319,14 @@ def test_label_studio_reaches_the_backend_and_nothing_else_private(
     [("Dockerfile", "python:3.11-slim"), ("Dockerfile.cuda", "nvidia/cuda:")],
 )
 def test_dockerfiles_pin_torch_copy_real_paths_and_drop_root(dockerfile: str, base: str) -> None:
-    text = (DOCKER / dockerfile).read_text()
+    text = (DOCKER / dockerfile).read_text(encoding="utf-8")
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
     args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, re.M))
     resolved = [re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), f) for f in froms]
     assert resolved and resolved[-1].startswith(base)
     if "cuda" in base:
         assert "runtime" in resolved[-1]
-    pyproject = (REPO / "pyproject.toml").read_text()
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     for pin in ("torch==2.14.1", "torchvision==0.29.1"):
         assert pin in pyproject and pin in text, pin
     for src in re.findall(r"^COPY\s+(?!--)(.+)\s+\S+$", text, re.M):
@@ -335,7 +335,7 @@ def test_dockerfiles_pin_torch_copy_real_paths_and_drop_root(dockerfile: str, ba
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] not in {"root", "0"}
     assert re.search(r"^HEALTHCHECK .*\n?.*/health", text, re.M)
-    ignore = (DOCKER / f"{dockerfile}.dockerignore").read_text().split()
+    ignore = (DOCKER / f"{dockerfile}.dockerignore").read_text(encoding="utf-8").split()
     assert ignore[ignore.index("**") + 1 :], "dockerignore must re-include the sources"
 
 
@@ -350,8 +350,8 @@ def test_backend_command_uses_only_options_the_cli_has(compose: list[str], tmp_p
     cmd = yaml.safe_load(result.stdout)["services"]["backend"]["command"]
     docker_cmds = [
         re.findall(r'"(--[\w-]+)"', line)
-        for line in (DOCKER / "Dockerfile").read_text().splitlines()
-        + (DOCKER / "Dockerfile.cuda").read_text().splitlines()
+        for line in (DOCKER / "Dockerfile").read_text(encoding="utf-8").splitlines()
+        + (DOCKER / "Dockerfile.cuda").read_text(encoding="utf-8").splitlines()
     ]
     flags = {a for a in cmd if a.startswith("--")} | {f for fl in docker_cmds for f in fl}
     for flag in flags:

@@ -100,7 +100,7 @@ def test_select_prioritises_worst_tasks(
     assert len(rows) == len(held_out) - 1  # the labelled task is not ranked
     scores = [float(r[1]) for r in rows]
     assert scores == sorted(scores)
-    chosen = [int(r[0]) for r in rows if r[3] == "True"]
+    chosen = [int(r[0]) for r in rows if r[4] == "True"]
     assert len(chosen) == 2 and labelled.id not in chosen
 
     project = admin.client.projects.get(pid)
@@ -118,13 +118,20 @@ def test_select_prioritises_worst_tasks(
             assert preds == []
     assert admin.client.annotations.get(ann.id).result == before
 
+    # re-running with nothing new ranks the same way and changes nothing
+    ranking2 = tmp_path / "ranking2.csv"
+    again = cli("select", "--project", str(pid), "--k", "2", "--model", str(model),
+                "--ranking", str(ranking2), "--device", "cpu", env=env)  # fmt: skip
+    assert ranking2.read_text() == ranking.read_text()
+    assert "0 predictions" in again.stdout and "2 unchanged" in again.stdout
+
     # Label Studio's own queue now serves the worst-predicted task first
     tag = uuid.uuid4().hex[:6]
     _, vol_token = admin.create_volunteer(f"sel-{tag}@example.com", f"Sel-{tag}-pass!")
     vol = Studio(label_studio.url, vol_token)
     resp = vol._http.get(f"/api/projects/{pid}/next", headers=vol._headers())
     assert resp.status_code == 200, resp.text
-    assert resp.json()["id"] == chosen[0]
+    assert resp.json()["id"] in chosen
 
     # a volunteer accepts the draft with its hint layer: pull keeps only the mask control
     from medcrowd.sync import pull
@@ -147,9 +154,10 @@ def test_select_prioritises_worst_tasks(
     pulled = np.asarray(Image.open(dataset / mine[0]["mask"])) > 0
     assert np.array_equal(pulled, draft)
 
-    again = cli("select", "--project", str(pid), "--k", "2", "--model", str(model),
+    # after that task got its label, a re-run ranks it no more and promotes the next one
+    third = cli("select", "--project", str(pid), "--k", "2", "--model", str(model),
                 "--device", "cpu", env=env)  # fmt: skip
-    assert "0 predictions" in again.stdout and "2 unchanged" in again.stdout
+    assert "1 predictions" in third.stdout and "1 unchanged" in third.stdout
 
 
 def test_select_errors_are_clear(label_studio: StudioHandle, tmp_path: Path) -> None:
