@@ -158,9 +158,8 @@ def _read_labelled(data: Path, invert: bool, method: str) -> tuple[list[Any], li
 def _train(kind: str, data: Path, out: Path, size: int, steps: int, seed: int, device: str,
            invert: bool, method: str, folds: int = 3,
            channels: tuple[int, ...] = (16, 32, 64, 128)) -> None:  # fmt: skip
-    import numpy as np
 
-    from segmenter.data import resize_pair, to_gray
+    from segmenter.data import prepare
     from segmenter.trainer import SegmenterConfig
 
     if not data.is_dir():
@@ -168,10 +167,7 @@ def _train(kind: str, data: Path, out: Path, size: int, steps: int, seed: int, d
     images, masks = _read_labelled(data, invert, method)
     if not images:
         raise ValueError(f"no labelled pairs in {data}")
-    pairs = [resize_pair(to_gray(i), (np.asarray(m) > 0).astype(np.uint8), size)
-             for i, m in zip(images, masks, strict=True)]  # fmt: skip
-    x = np.stack([p[0] for p in pairs])
-    y = np.stack([p[1] for p in pairs])
+    x, y = prepare(images, masks, size)
     config = SegmenterConfig(size=size, steps=steps, seed=seed, device=device, channels=channels)
     model: Any
     if kind == "segmenter":
@@ -336,7 +332,7 @@ def _simulate(data: Path, out: Path, initial: int, per_round: int, rounds: int, 
     import numpy as np
 
     from segmenter.active import plot_curves, simulate_active_learning
-    from segmenter.data import load_pairs, resize_pair, to_gray
+    from segmenter.data import load_pairs, prepare
     from segmenter.trainer import SegmenterConfig
 
     if not data.is_dir():
@@ -344,10 +340,7 @@ def _simulate(data: Path, out: Path, initial: int, per_round: int, rounds: int, 
     _, images, masks = load_pairs(data, invert_masks=invert)
     if len(images) < initial + per_round + 2:
         raise ValueError(f"{len(images)} labelled images are too few for this simulation")
-    pairs = [resize_pair(to_gray(i), (np.asarray(m) > 0).astype(np.uint8), size)
-             for i, m in zip(images, masks, strict=True)]  # fmt: skip
-    x = np.stack([p[0] for p in pairs])
-    y = np.stack([p[1] for p in pairs])
+    x, y = prepare(images, masks, size)
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = max(1, round(len(x) * test_fraction))
     test_idx, pool_idx = order[:n_test], order[n_test:]

@@ -148,14 +148,9 @@ def _concat(*parts: _Set) -> _Set:
 
 
 def _prepare(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], size: int) -> tuple[U8, U8]:
-    from segmenter.data import resize_pair, to_gray
+    from segmenter.data import prepare
 
-    out_i, out_m = [], []
-    for image, mask in zip(images, masks, strict=True):
-        img, msk = resize_pair(to_gray(image), (np.asarray(mask) > 0).astype(np.uint8), size)
-        out_i.append(img)
-        out_m.append(msk)
-    return np.stack(out_i).astype(np.uint8), np.stack(out_m).astype(np.uint8)
+    return prepare(images, masks, size)
 
 
 def _load(root: Path, size: int, invert: bool) -> tuple[_Set, list[str]]:
