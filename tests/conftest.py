@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import shared_data_dir
+from tests.helpers import BackendHandle, StudioHandle, ThreadedServer, shared_data_dir
 
 
 @pytest.fixture(scope="session")
@@ -31,14 +28,6 @@ def shared_data() -> Path:
 
 
 # -- Label Studio -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StudioHandle:
-    url: str
-    token: str
-    email: str
-    password: str
-
-
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioHandle]:
     from medcrowd.embedded import LabelStudioProcess, free_port
@@ -72,36 +61,6 @@ def litemedsam(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return get_predictor("litemedsam", device="cpu", cache_dir=cache_dir)
 
 
-@dataclass
-class BackendHandle:
-    url: str
-    auth: tuple[str, str]
-    app: Any
-
-
-class _ThreadedServer:
-    def __init__(self, app: Any, port: int) -> None:
-        import uvicorn
-
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> _ThreadedServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise TimeoutError("backend did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def backend(label_studio: StudioHandle, litemedsam: Any) -> Iterator[BackendHandle]:
     from medcrowd.embedded import free_port
@@ -117,5 +76,5 @@ def backend(label_studio: StudioHandle, litemedsam: Any) -> Iterator[BackendHand
         label_studio_token=label_studio.token,
     )
     app = create_app(config, predictor=litemedsam)
-    with _ThreadedServer(app, port):
+    with ThreadedServer(app, port):
         yield BackendHandle(f"http://127.0.0.1:{port}", auth, app)

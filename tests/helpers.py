@@ -1,10 +1,17 @@
-"""Helpers shared by tests and benchmarks: real-data loaders, boxes, Dice, LS contexts."""
+"""The one support module of the tests (and benchmarks): real-data loaders, boxes, LS contexts,
+handles of the session's Label Studio and backend, a threaded uvicorn server, tiny synthetic
+data sets. Tests import from here or take fixtures from ``conftest.py``; no test module
+imports another test module."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -75,3 +82,108 @@ def box_context(box: list[float], width: int, height: int, label: str = "Organ")
             }
         ]
     }
+
+
+# -- handles of the session fixtures (tests/conftest.py) -----------------------------------
+@dataclass(frozen=True)
+class StudioHandle:
+    url: str
+    token: str
+    email: str
+    password: str
+
+
+@dataclass
+class BackendHandle:
+    url: str
+    auth: tuple[str, str]
+    app: Any
+
+
+class ThreadedServer:
+    """An ASGI app under uvicorn on a loopback port, in a daemon thread (a context manager)."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise TimeoutError("backend did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+# -- tiny synthetic data sets --------------------------------------------------------------
+def blob_pairs(n: int, size: int, seed: int, rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(n, S, S[, 3]) uint8 images and (n, S, S) uint8 class ids {0, 1}: bright squares."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((n, size, size), np.uint8)
+    for lab in labels:
+        for _ in range(2):
+            y, x = rng.integers(size // 8, size - size // 4, 2)
+            h, w = rng.integers(size // 8, size // 4, 2)
+            lab[y : y + h, x : x + w] = 1
+    images = (40 + 160 * labels + rng.integers(0, 30, labels.shape)).astype(np.uint8)
+    if rgb:
+        images = np.stack([images, images // 2, 255 - images], axis=-1)
+    return images, labels
+
+
+DiskFactory = Callable[..., tuple[np.ndarray, np.ndarray]]
+
+
+def disks(
+    n: int, size: int = 32, seed: int = 0, noise: float = 20.0, radius: tuple[int, int] = (4, 9)
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` gray images with one bright disk each on a noisy dark background, and the masks.
+
+    Returns (N, size, size) uint8 images and (N, size, size) uint8 {0, 1} masks.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images, masks = [], []
+    for _ in range(n):
+        r = int(rng.integers(*radius))
+        cy, cx = rng.integers(r, size - r, 2)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+        image = 50 + 140 * mask + rng.normal(0, noise, (size, size))
+        images.append(np.clip(image, 0, 255).astype(np.uint8))
+        masks.append(mask)
+    return np.stack(images), np.stack(masks)
+
+
+# -- volumes (tests/medcrowd/test_imaging.py, tests/e2e/test_import.py) --------------------
+VOLUME_SPACING = (0.7, 0.8, 2.5)
+VOLUME_ORIGIN = (-10.0, 20.0, 5.0)
+VOLUME_DIRECTION = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # not the identity, on purpose
+
+
+def em_volume(shared_data: Path, n: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """(Z, Y, X) ISBI EM slices and their membrane labels (label == 0 is membrane)."""
+    root = shared_data / "isbi2012_em" / "train"
+    images = np.stack([np.asarray(Image.open(root / "image" / f"{i}.png")) for i in range(n)])
+    labels = np.stack([np.asarray(Image.open(root / "label" / f"{i}.png")) == 0 for i in range(n)])
+    return images.astype(np.int16) * 4 - 500, labels  # HU-like values
+
+
+def write_volume(array: np.ndarray, path: Path) -> None:
+    """``array`` (Z, Y, X) as a volume file with the test geometry (suffix picks the format)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(VOLUME_SPACING)
+    image.SetOrigin(VOLUME_ORIGIN)
+    image.SetDirection(VOLUME_DIRECTION)
+    sitk.WriteImage(image, str(path))

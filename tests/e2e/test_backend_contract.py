@@ -15,8 +15,7 @@ import pytest
 
 from medcrowd.settings import config_path
 from medcrowd.studio import Studio
-from tests.conftest import BackendHandle, StudioHandle
-from tests.helpers import box_context, sammed2d_masks, tight_box
+from tests.helpers import BackendHandle, StudioHandle, box_context, sammed2d_masks, tight_box
 
 pytestmark = pytest.mark.e2e
 
@@ -220,7 +219,7 @@ def test_label_studio_reports_a_busy_backend(
 
     from medcrowd.embedded import free_port
     from ml_backend.server import BackendConfig, create_app
-    from tests.conftest import _ThreadedServer
+    from tests.helpers import _ThreadedServer
     from tests.ml_backend.test_server_ssrf import ImageHost
 
     slice_png = (shared_data / "sammed2d_demo" / "images" / "amos_0004_75.png").read_bytes()

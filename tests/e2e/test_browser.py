@@ -28,8 +28,7 @@ from PIL import Image
 from medcrowd.settings import config_path
 from medcrowd.studio import Studio
 from ml_backend.rle import rle_to_mask
-from tests.conftest import BackendHandle, StudioHandle
-from tests.helpers import dice, tight_box
+from tests.helpers import BackendHandle, StudioHandle, dice, tight_box
 
 CHROMIUM = Path(os.environ.get("MEDCROWD_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(os.environ.get("MEDCROWD_TEST_ARTIFACTS", "test-artifacts"))

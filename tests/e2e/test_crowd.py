@@ -25,8 +25,7 @@ from medcrowd.settings import config_path
 from medcrowd.studio import Studio
 from ml_backend.labeling import brush_result
 from ml_backend.rle import rle_to_mask
-from tests.conftest import StudioHandle
-from tests.helpers import dice, sammed2d_masks
+from tests.helpers import StudioHandle, dice, sammed2d_masks
 
 pytestmark = pytest.mark.e2e
 

@@ -23,8 +23,7 @@ from medcrowd.settings import config_path
 from medcrowd.studio import Studio
 from ml_backend.errors import ModelUnavailable
 from ml_backend.rle import rle_to_mask
-from tests.conftest import StudioHandle, _ThreadedServer
-from tests.helpers import shared_data_dir
+from tests.helpers import StudioHandle, ThreadedServer, shared_data_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +68,7 @@ def test_retrieve_predictions_gives_drafts(
                                config_path("labeling_box_brush.xml").read_text())  # fmt: skip
     admin.import_images(pid, [(p.name.replace(".tif", ".png"), _png(p)) for p in images])
     tasks = sorted(admin.client.tasks.list(project=pid), key=lambda t: t.id)
-    with _ThreadedServer(app, port):
+    with ThreadedServer(app, port):
         ml_id = admin.connect_backend(pid, f"http://127.0.0.1:{port}", auth)
         admin.request(
             "POST",

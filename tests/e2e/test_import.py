@@ -15,8 +15,7 @@ import SimpleITK as sitk
 
 from medcrowd.imaging import SliceMeta, mask_to_volume
 from medcrowd.studio import Studio
-from tests.conftest import StudioHandle
-from tests.medcrowd.test_imaging import em_volume, write_volume
+from tests.helpers import StudioHandle, em_volume, write_volume
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,7 @@ import pytest
 from medcrowd.settings import config_path
 from medcrowd.studio import Studio
 from ml_backend.rle import rle_to_mask
-from tests.conftest import BackendHandle, StudioHandle
-from tests.helpers import box_context, dice, sammed2d_masks, tight_box
+from tests.helpers import BackendHandle, StudioHandle, box_context, dice, sammed2d_masks, tight_box
 
 pytestmark = pytest.mark.e2e
 

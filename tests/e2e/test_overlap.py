@@ -23,7 +23,7 @@ from PIL import Image
 from medcrowd.settings import config_path
 from medcrowd.studio import Studio
 from ml_backend.labeling import brush_result
-from tests.conftest import StudioHandle
+from tests.helpers import StudioHandle
 
 pytestmark = pytest.mark.e2e
 

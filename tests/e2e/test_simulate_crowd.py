@@ -16,8 +16,7 @@ from PIL import Image
 from medcrowd.settings import config_path
 from medcrowd.studio import Studio
 from ml_backend.rle import rle_to_mask
-from tests.conftest import BackendHandle, StudioHandle
-from tests.helpers import REPO, dice
+from tests.helpers import REPO, BackendHandle, StudioHandle, dice
 
 pytestmark = pytest.mark.e2e
 

@@ -32,8 +32,7 @@ import pytest
 from medcrowd.embedded import free_port, wait_http
 from medcrowd.settings import config_path
 from medcrowd.studio import Studio
-from tests.conftest import StudioHandle
-from tests.helpers import box_context
+from tests.helpers import StudioHandle, box_context
 
 XML = config_path("labeling_box_brush.xml").read_text()
 SLOW_TASKS = 12  # cold 512×512 slices in the request that gets its worker killed

@@ -4,31 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from gan import Pix2PixConfig, images_to_tensor, masks_to_onehot
+from tests.helpers import blob_pairs
 
 # one intra-op thread: the tiny tests gain nothing from more, and on shared busy cores
 # oversubscribed threads spin against each other
 torch.set_num_threads(1)
-
-
-def blob_pairs(n: int, size: int, seed: int, rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(n, S, S[, 3]) uint8 images and (n, S, S) uint8 class ids {0, 1}: bright squares."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros((n, size, size), np.uint8)
-    for lab in labels:
-        for _ in range(2):
-            y, x = rng.integers(size // 8, size - size // 4, 2)
-            h, w = rng.integers(size // 8, size // 4, 2)
-            lab[y : y + h, x : x + w] = 1
-    images = (40 + 160 * labels + rng.integers(0, 30, labels.shape)).astype(np.uint8)
-    if rgb:
-        images = np.stack([images, images // 2, 255 - images], axis=-1)
-    return images, labels
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 
 from gan import DeformedMaskGenerator, topology_problem
-from tests.gan.conftest import blob_pairs
+from tests.helpers import blob_pairs
 
 
 def _components(mask: np.ndarray) -> int:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gan import TinySegmenter, histogram_distance, mean_dice, psnr, ssim
-from tests.gan.conftest import blob_pairs
+from tests.helpers import blob_pairs
 
 
 def test_psnr_ssim_known_values():

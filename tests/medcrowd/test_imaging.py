@@ -17,26 +17,15 @@ from medcrowd.imaging import (
     slice_volume,
     window_to_uint8,
 )
+from tests.helpers import (
+    VOLUME_DIRECTION,
+    VOLUME_ORIGIN,
+    VOLUME_SPACING,
+    em_volume,
+    write_volume,
+)
 
-SPACING = (0.7, 0.8, 2.5)
-ORIGIN = (-10.0, 20.0, 5.0)
-DIRECTION = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # not the identity, on purpose
-
-
-def em_volume(shared_data: Path, n: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    """(Z, Y, X) ISBI EM slices and their membrane labels (label == 0 is membrane)."""
-    root = shared_data / "isbi2012_em" / "train"
-    images = np.stack([np.asarray(Image.open(root / "image" / f"{i}.png")) for i in range(n)])
-    labels = np.stack([np.asarray(Image.open(root / "label" / f"{i}.png")) == 0 for i in range(n)])
-    return images.astype(np.int16) * 4 - 500, labels  # HU-like values
-
-
-def write_volume(array: np.ndarray, path: Path) -> None:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(SPACING)
-    image.SetOrigin(ORIGIN)
-    image.SetDirection(DIRECTION)
-    sitk.WriteImage(image, str(path))
+SPACING, ORIGIN, DIRECTION = VOLUME_SPACING, VOLUME_ORIGIN, VOLUME_DIRECTION
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])

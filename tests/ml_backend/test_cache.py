@@ -530,18 +530,17 @@ def test_predict_answers_while_the_cache_disk_is_full(
     from medcrowd.settings import config_path
     from ml_backend.rle import rle_to_mask
     from ml_backend.server import BackendConfig, create_app
-    from tests.conftest import _ThreadedServer
-    from tests.helpers import box_context
+    from tests.helpers import ThreadedServer, box_context
 
     fs = tiny_fs(9 * 1024 * 1024)
     xml = config_path("labeling_box_brush.xml").read_text()
     images = sorted((shared_data / "sammed2d_demo" / "images").glob("*.png"))
 
-    def serve(cache: EmbeddingCache) -> tuple[_ThreadedServer, str]:
+    def serve(cache: EmbeddingCache) -> tuple[ThreadedServer, str]:
         port = free_port()
         config = BackendConfig(port=port, label_studio_url="http://127.0.0.1:1",
                                local_files_root=shared_data, warm_on_import=False)  # fmt: skip
-        return _ThreadedServer(create_app(config, predictor=fresh_lite(cache=cache)), port), (
+        return ThreadedServer(create_app(config, predictor=fresh_lite(cache=cache)), port), (
             f"http://127.0.0.1:{port}"
         )
 

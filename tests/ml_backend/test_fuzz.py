@@ -46,8 +46,7 @@ from ml_backend.images import decode_image
 from ml_backend.predictors import LiteMedSAMPredictor
 from ml_backend.rle import rle_to_mask
 from ml_backend.server import BackendConfig, create_app
-from tests.conftest import _ThreadedServer
-from tests.helpers import box_context
+from tests.helpers import ThreadedServer, box_context
 from tests.ml_backend.test_server_ssrf import XML, ImageHost
 
 pytestmark = pytest.mark.slow
@@ -185,7 +184,7 @@ def fuzz(
         max_body_bytes=4 * 1024 * 1024,  # deep-nesting bodies stay quick to send
     )
     good = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-    with _ThreadedServer(create_app(config, predictor=predictor), port):
+    with ThreadedServer(create_app(config, predictor=predictor), port):
         yield Fuzz(
             f"http://127.0.0.1:{port}",
             auth,

@@ -19,7 +19,7 @@ import pytest
 
 from medcrowd.embedded import free_port
 from ml_backend.server import BackendConfig, create_app
-from tests.conftest import _ThreadedServer
+from tests.helpers import ThreadedServer
 
 USER = "labelstudio"
 PASSWORD = secrets.token_urlsafe(12)
@@ -55,7 +55,7 @@ BAD_HEADERS = {
 def server(litemedsam: Any) -> Iterator[str]:
     port = free_port()
     config = BackendConfig(port=port, basic_auth=(USER, PASSWORD), warm_on_import=False)
-    with _ThreadedServer(create_app(config, predictor=litemedsam), port):
+    with ThreadedServer(create_app(config, predictor=litemedsam), port):
         yield f"http://127.0.0.1:{port}"
 
 

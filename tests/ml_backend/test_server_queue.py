@@ -32,8 +32,7 @@ from ml_backend.images import decode_image
 from ml_backend.predictors import LiteMedSAMPredictor
 from ml_backend.rle import rle_to_mask
 from ml_backend.server import BackendConfig, create_app
-from tests.conftest import _ThreadedServer
-from tests.helpers import box_context
+from tests.helpers import ThreadedServer, box_context
 from tests.ml_backend.test_server_ssrf import XML, ImageHost
 
 AUTH = ("labelstudio", secrets.token_urlsafe(12))
@@ -45,7 +44,7 @@ def serve(predictor: Any, **settings: Any) -> Iterator[tuple[httpx.Client, Any]]
     settings.setdefault("warm_on_import", False)
     config = BackendConfig(port=port, basic_auth=AUTH, **settings)
     app = create_app(config, predictor=predictor)
-    with _ThreadedServer(app, port):
+    with ThreadedServer(app, port):
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=AUTH, timeout=120) as client:
             yield client, app.state.engine
 

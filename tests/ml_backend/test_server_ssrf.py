@@ -28,8 +28,7 @@ from PIL import Image
 from medcrowd.embedded import free_port
 from medcrowd.settings import config_path
 from ml_backend.server import BackendConfig, create_app
-from tests.conftest import _ThreadedServer
-from tests.helpers import box_context
+from tests.helpers import ThreadedServer, box_context
 
 XML = config_path("labeling_box_brush.xml").read_text()
 
@@ -157,7 +156,7 @@ def setup(
         local_files_root=served,
         warm_on_import=False,
     )
-    with _ThreadedServer(create_app(config, predictor=litemedsam), port):
+    with ThreadedServer(create_app(config, predictor=litemedsam), port):
         yield Setup(f"http://127.0.0.1:{port}", auth, token, ls_host, evil, served)
     ls_host.close()
     evil.close()

@@ -15,7 +15,7 @@ from segmenter.active import (
     simulate_active_learning,
 )
 from segmenter.trainer import SegmenterConfig
-from tests.segmenter.conftest import DiskFactory
+from tests.helpers import DiskFactory
 
 CFG = SegmenterConfig(size=32, channels=(8, 16, 32), steps=20, res_units=1, lr=3e-3)
 

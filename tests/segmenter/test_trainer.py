@@ -11,7 +11,7 @@ import torch
 
 from segmenter.metrics import dice_scores
 from segmenter.trainer import ModelFileError, Segmenter, SegmenterConfig, lr_at
-from tests.segmenter.conftest import DiskFactory
+from tests.helpers import DiskFactory
 
 TINY = SegmenterConfig(size=32, channels=(8, 16, 32), steps=5, res_units=1, batch_size=4)
 
