@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from crowd_models import simulate_crowd
 
-from fusion import CrowdStaple, MajorityVote, Staple, WeightedVote, dice
+from fusion import CrowdStaple, MajorityVote, Staple, WeightedVote
+from fusion.metrics import dice, dice_from_counts
 
 REPO = Path(__file__).resolve().parents[1]
 N_GOLD = 2
@@ -138,7 +139,7 @@ def run_methods(
         for m, a in zip(tasks[t], anns[t], strict=True):
             inter[a] = inter.get(a, 0.0) + float(np.sum(m & gold[t]))
             size[a] = size.get(a, 0.0) + float(m.sum() + gold[t].sum())
-    gold_dice = {a: 2 * inter[a] / size[a] if size[a] else 1.0 for a in inter}
+    gold_dice = {a: float(dice_from_counts(inter[a], size[a])) for a in inter}
     median = float(np.median(list(gold_dice.values())))
 
     def weighted(tasks: list[np.ndarray], anns: list[list[int]]) -> list[np.ndarray]:

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from crowd_models import simulate_crowd
 
-from fusion import CrowdStaple, Staple, dice
+from fusion import CrowdStaple, Staple
+from fusion.metrics import dice
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,15 @@ Masks are ``(R, H, W)`` or ``(R, D, H, W)`` bool arrays (R raters); see each cla
 from fusion.crowd_staple import CrowdFusionResult, CrowdStaple
 from fusion.distributed import DaskCrowdStaple
 from fusion.majority_vote import MajorityVote
-from fusion.metrics import average_surface_distance, dice, hausdorff, hd95, iou, surface_dice
+from fusion.metrics import (
+    average_surface_distance,
+    dice,
+    dice_from_counts,
+    hausdorff,
+    hd95,
+    iou,
+    surface_dice,
+)
 from fusion.multilabel_staple import MultiLabelStaple
 from fusion.reliability import (
     RaterScores,
@@ -38,6 +46,7 @@ __all__ = [
     "consensus_scores",
     "detect_spammers",
     "dice",
+    "dice_from_counts",
     "entropy_map",
     "hausdorff",
     "hd95",

@@ -147,8 +147,18 @@ def simulate_crowd(expert: npt.ArrayLike, kinds: Sequence[str], seed: int) -> Bo
 
     Returns:
         (R, H, W) or (R, D, H, W) bool, R = len(kinds).
+
+    Raises:
+        ValueError: ``expert`` not 2D/3D, ``kinds`` empty or naming an unknown model, or a
+            negative ``seed``.
     """
     mask = np.asarray(expert, dtype=bool)
+    if mask.ndim not in (2, 3):
+        raise ValueError(f"expert must be 2D (H, W) or 3D (D, H, W), got shape {mask.shape}")
+    if len(kinds) == 0:
+        raise ValueError("kinds is empty: name at least one annotator model")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     unknown = [k for k in kinds if k not in ANNOTATOR_MODELS]
     if unknown:
         raise ValueError(f"unknown annotator models {unknown}; known: {sorted(ANNOTATOR_MODELS)}")

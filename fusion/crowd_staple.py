@@ -19,6 +19,7 @@ from fusion._validation import (
     check_em_controls,
     check_probability,
 )
+from fusion.metrics import dice_from_counts
 from fusion.reliability import youden_reliability
 
 # Rates are kept inside [_EPS, 1 - _EPS] so that log-likelihoods stay finite.
@@ -559,8 +560,7 @@ def _fallback_weights(tp: FloatArray, size: FloatArray, seen: FloatArray) -> Flo
     seen_any = seen > 0
     if not seen_any.any():
         return np.ones(n_ann)
-    dice_w = np.ones(n_ann)
-    np.divide(2 * tp, size, out=dice_w, where=size > 0)
+    dice_w = dice_from_counts(tp, size)
     weights: FloatArray = np.where(seen_any, dice_w, np.median(dice_w[seen_any]))
     if weights.sum() <= 0:
         weights = np.ones(n_ann)

@@ -26,6 +26,7 @@ from fusion._validation import BoolArray, FloatArray, as_bool_array
 __all__ = [
     "average_surface_distance",
     "dice",
+    "dice_from_counts",
     "hausdorff",
     "hd95",
     "iou",
@@ -55,6 +56,25 @@ def dice(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     if total == 0:
         return 1.0
     return 2.0 * int(np.count_nonzero(x & y)) / total
+
+
+def dice_from_counts(intersection: npt.ArrayLike, total: npt.ArrayLike) -> FloatArray:
+    """Dice from counts, element-wise: ``2 · intersection / total`` (1.0 where ``total`` is 0).
+
+    ``total`` is ``|A| + |B|`` (equivalently ``2·TP + FP + FN``). Use it where the counts are
+    already at hand: pooled over tasks, one value per rater, or a rater × rater matrix. The
+    arithmetic happens in the inputs' dtype (float32 stays float32); the result is float64
+    with the broadcast shape of the inputs (a 0-d array for scalars: wrap in ``float``).
+
+    Example:
+        >>> dice_from_counts([2, 0], [6, 0])
+        array([0.66666667, 1.        ])
+    """
+    inter = np.asarray(intersection)
+    tot = np.asarray(total)
+    out = np.ones(np.broadcast_shapes(inter.shape, tot.shape), dtype=np.float64)
+    np.divide(2 * inter, tot, out=out, where=tot > 0)
+    return out
 
 
 def iou(a: npt.ArrayLike, b: npt.ArrayLike) -> float:

@@ -24,6 +24,7 @@ from fusion._validation import (
     as_present,
     as_rater_masks,
 )
+from fusion.metrics import dice_from_counts
 
 __all__ = [
     "RaterScores",
@@ -63,11 +64,8 @@ def _ratio(num: FloatArray, den: FloatArray) -> FloatArray:
 def _scores_from_counts(
     tp: FloatArray, fp: FloatArray, fn: FloatArray, tn: FloatArray
 ) -> RaterScores:
-    dice_den = 2 * tp + fp + fn
-    dice_vals = np.ones(tp.shape)
-    np.divide(2 * tp, dice_den, out=dice_vals, where=dice_den > 0)
     return RaterScores(
-        dice=dice_vals,
+        dice=dice_from_counts(tp, 2 * tp + fp + fn),
         sensitivity=_ratio(tp, tp + fn),
         specificity=_ratio(tn, tn + fp),
         n_voxels=(tp + fp + fn + tn).astype(np.int64),
@@ -213,9 +211,7 @@ def pairwise_dice(masks: npt.ArrayLike, present: npt.ArrayLike | None = None) ->
         size_i = xp @ p.T  # rater i's foreground where j is present
         size_j = size_i.T
         overlap = (p @ p.T) > 0
-    den = size_i + size_j
-    scores = np.ones(inter.shape, dtype=np.float64)
-    np.divide(2.0 * inter, den, out=scores, where=den > 0)
+    scores = dice_from_counts(inter, size_i + size_j)
     upper = np.triu(np.ones(inter.shape, dtype=bool), k=1) & overlap
     if not upper.any():
         return float("nan")

@@ -17,6 +17,7 @@ from fusion._validation import (
     as_weights,
     check_probability,
 )
+from fusion.metrics import dice_from_counts
 from fusion.reliability import rater_scores, youden_reliability
 from fusion.result import FusionResult
 
@@ -116,8 +117,7 @@ class WeightedVote:
                 inter, sizes = inter + t_inter, sizes + t_sizes
         if inter is None or sizes is None:  # unreachable: len(gold) > 0 checked above
             raise ValueError("no gold tasks")
-        w = np.ones(inter.shape)
-        np.divide(2.0 * inter, sizes, out=w, where=sizes > 0)
+        w = dice_from_counts(inter, sizes)
         self.weights_ = as_weights(w, w.shape[0])
         return self
 

@@ -109,3 +109,19 @@ def test_bad_input() -> None:
         hd95(np.ones((3, 3), bool), np.ones((3, 3), bool), spacing=(1.0,))
     with pytest.raises(ValueError):
         surface_dice(np.ones((3, 3), bool), np.ones((3, 3), bool), tolerance=-1.0)
+
+
+def test_dice_from_counts_matches_dice() -> None:
+    from fusion.metrics import dice_from_counts
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((2, 3, 16, 16)) < 0.3
+    inter = np.array([np.count_nonzero(x & y) for x, y in zip(a, b, strict=True)])
+    total = a.reshape(3, -1).sum(1) + b.reshape(3, -1).sum(1)
+    expected = [dice(x, y) for x, y in zip(a, b, strict=True)]
+    np.testing.assert_array_equal(dice_from_counts(inter, total), expected)
+    assert float(dice_from_counts(0, 0)) == 1.0  # both empty
+    assert float(dice_from_counts(0, 5)) == 0.0
+    out = dice_from_counts(np.float32([[1.0, 2.0]]), np.float32([[4.0], [0.0]]))
+    assert out.dtype == np.float64 and out.shape == (2, 2)
+    np.testing.assert_array_equal(out, [[0.5, 1.0], [1.0, 1.0]])
