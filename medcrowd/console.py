@@ -7,10 +7,19 @@ from typing import Any
 
 from rich.console import Console
 
-__all__ = ["bars", "console", "err", "progress"]
+__all__ = ["bars", "console", "err", "error", "progress"]
 
 console = Console()
 err = Console(stderr=True)
+
+
+def error(message: object) -> None:
+    """``error: <message>`` on stderr as one line: never wrapped at the terminal width, and
+    brackets in the message are printed as they are (not read as rich markup)."""
+    from rich.markup import escape
+
+    text = " ".join(str(message).split())
+    err.print(f"[red]error:[/red] {escape(text)}", soft_wrap=True, highlight=False)
 
 
 def progress(description: str) -> Callable[[Iterable[Any], int], Iterable[Any]]:

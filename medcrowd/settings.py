@@ -13,7 +13,18 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Credentials", "config_path", "default_data_dir", "load_or_create_credentials"]
+__all__ = [
+    "Credentials",
+    "Instance",
+    "config_path",
+    "default_data_dir",
+    "load_or_create_credentials",
+    "read_instance",
+    "write_instance",
+]
+
+INSTANCE_FILE = "instance.json"
+"""In the data directory: the URL and API token of the Label Studio ``medcrowd up`` runs."""
 
 
 def default_data_dir() -> Path:
@@ -75,3 +86,39 @@ def load_or_create_credentials(data_dir: Path) -> tuple[Credentials, bool]:
     with os.fdopen(fd, "w") as fh:
         json.dump(asdict(creds), fh, indent=2)
     return creds, True
+
+
+@dataclass(frozen=True)
+class Instance:
+    """The Label Studio that ``medcrowd up`` started from a data directory (``url``, and the
+    API ``token`` the CLI uses there), recorded so that later commands find it."""
+
+    url: str
+    token: str
+
+
+def _write_private(path: Path, payload: object) -> None:
+    """Write JSON readable by the owner only (0600 from the first byte, replaced atomically)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def write_instance(data_dir: Path, instance: Instance) -> Path:
+    """Record ``instance`` in ``data_dir/instance.json`` (0600, beside the credentials)."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = data_dir / INSTANCE_FILE
+    _write_private(path, asdict(instance))
+    return path
+
+
+def read_instance(data_dir: Path) -> Instance | None:
+    """What :func:`write_instance` recorded in ``data_dir``, or None (never started there, or
+    the file is unreadable)."""
+    try:
+        raw = json.loads((data_dir / INSTANCE_FILE).read_text())
+        return Instance(url=str(raw["url"]), token=str(raw["token"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
