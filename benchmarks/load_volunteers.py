@@ -6,7 +6,7 @@ project with real CT slices from ``sammed2d_demo`` (the 4 slices with organ mask
 several orientations and shifts so that there are enough distinct images: every one is a
 new embedding for the backend), signs up ``--volunteers`` accounts through the invite link
 and lets them work the queue in threads for ``--duration`` seconds, each exactly as
-``scripts/simulate_crowd.py`` does (the same :class:`Volunteer`):
+``scripts/simulate_crowd.py`` does (the same :class:`medcrowd.volunteer_sim.Volunteer`):
 
 1. ``GET /api/projects/{id}/next`` (the Community queue, overlap ``--overlap``);
 2. think, draw a box from its perception of the organ (seeded annotator models), ask
@@ -60,20 +60,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from simulate_crowd import Volunteer, make_volunteers  # noqa: E402
 
 from medcrowd.embedded import BackendProcess, LabelStudioProcess, free_port  # noqa: E402
 from medcrowd.settings import config_path  # noqa: E402
 from medcrowd.studio import RetryPolicy, Studio  # noqa: E402
-from medcrowd.sync import export_tasks  # noqa: E402
+from medcrowd.volunteer_sim import Volunteer, make_volunteers  # noqa: E402
 
 R = TypeVar("R")
 
@@ -177,14 +173,11 @@ class Recorder:
                     self._first_done.add(image)  # type: ignore[arg-type]
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         problem = None
-        if isinstance(out, httpx.Response):
-            if kind == "next" and out.status_code == 404:
-                with self._lock:
-                    self.queue_empty += 1
-                return out
-            if not 200 <= out.status_code < 300:
-                problem = f"HTTP {out.status_code}: {out.text[:120]}"
-        elif kind.startswith("box") and not ((out or {}).get("data") or {}).get("result"):
+        if kind == "next" and out is None:  # the queue has nothing more for this volunteer
+            with self._lock:
+                self.queue_empty += 1
+            return out
+        if kind.startswith("box") and not ((out or {}).get("data") or {}).get("result"):
             problem = f"no mask in the answer: {_short((out or {}).get('errors') or out)}"
         if problem is not None:
             self._error(kind, problem)
@@ -192,7 +185,7 @@ class Recorder:
         with self._lock:
             self.samples[kind].append(elapsed_ms)
             if kind == "submit":
-                self.submitted.append(int(out.id))  # type: ignore[attr-defined]
+                self.submitted.append(int(out))  # type: ignore[call-overload]
         return out
 
     def _error(self, kind: str, reason: str) -> None:
@@ -538,7 +531,7 @@ def verify_annotations(admin: Studio, project_id: int, submitted: list[int]) -> 
     """Compare Label Studio's annotations with the submits that returned 2xx."""
     stored: list[int] = []
     per_person: Counter[tuple[int, Any]] = Counter()
-    for task in export_tasks(admin, project_id):
+    for task in admin.export_tasks(project_id):
         for ann in task.get("annotations") or []:
             stored.append(int(ann["id"]))
             who = ann.get("completed_by")

@@ -10,7 +10,8 @@ import typer
 
 from medcrowd.cli_segmenter import evaluate_command, select_command, train_app
 from medcrowd.cli_synth import export_command, synth_app
-from medcrowd.console import console, err, progress
+from medcrowd.connection import DataDirOption, TokenOption, UrlOption, cli_errors, open_studio
+from medcrowd.console import console, err, error, progress
 from medcrowd.settings import default_data_dir
 
 app = typer.Typer(
@@ -74,7 +75,7 @@ def up(
     try:
         db = PostgresDatabase.from_url(database) if database else None
     except ValueError as exc:  # the message never quotes the URL (it may hold the password)
-        err.print(f"[red]error:[/red] {exc}")
+        error(exc)
         raise typer.Exit(2) from None
     opts = UpOptions(
         data_dir=(data_dir or default_data_dir()).expanduser().resolve(),
@@ -87,15 +88,13 @@ def up(
         wait=wait,
         database=db,
     )
-    from label_studio_sdk.core.api_error import ApiError
-
     try:
         code = run_up(opts, say=console.print)
-    except ApiError as exc:
-        err.print(f"[red]error:[/red] Label Studio answered {exc.status_code}: {exc.body}")
-        raise typer.Exit(1) from None
     except (FileNotFoundError, TimeoutError, RuntimeError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        first, _, rest = str(exc).partition("\n")
+        error(first)
+        if rest.strip():  # a child that died: the tail of its log, after the one-line error
+            err.print(rest, markup=False, highlight=False)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
 
@@ -222,28 +221,8 @@ def backend_serve(
         raise typer.Exit(2) from None
 
 
-# -- commands that talk to a Label Studio -------------------------------------------------
-UrlOpt = Annotated[
-    str,
-    typer.Option("--url", help="Label Studio base URL.", envvar="MEDCROWD_URL"),
-]
-TokenOpt = Annotated[
-    str,
-    typer.Option(
-        "--token", help="Label Studio API token.", envvar="MEDCROWD_TOKEN", show_default=False
-    ),
-]
+# -- commands that talk to a Label Studio (found by medcrowd.connection) ------------------
 ProjectOpt = Annotated[str, typer.Option("--project", help="Project id or exact title.")]
-
-
-def _studio(url: str, token: str) -> Any:
-    from medcrowd.studio import Studio
-
-    studio = Studio(url, token)
-    if not studio.healthy():
-        err.print(f"[red]error:[/red] no Label Studio answers at {url}")
-        raise typer.Exit(1)
-    return studio
 
 
 def _project_id(studio: Any, project: str) -> int:
@@ -251,8 +230,7 @@ def _project_id(studio: Any, project: str) -> int:
         return int(project)
     found = studio.find_project(project)
     if found is None:
-        err.print(f"[red]error:[/red] no project titled {project!r}")
-        raise typer.Exit(1)
+        raise ValueError(f"no project titled {project!r} at {studio.url}")
     return int(found)
 
 
@@ -260,8 +238,9 @@ def _project_id(studio: Any, project: str) -> int:
 def pull(
     out: Annotated[Path, typer.Argument(help="Dataset folder (created or updated).")],
     project: ProjectOpt,
-    url: UrlOpt = "http://127.0.0.1:8080",
-    token: TokenOpt = "",
+    url: UrlOption = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Export new annotations (per-annotator masks, gold, manifest) into a dataset folder.
 
@@ -270,17 +249,13 @@ def pull(
     """
     from medcrowd.sync import pull as do_pull
 
-    studio = _studio(url, token)
-    pid = _project_id(studio, project)
-
     def on_record(rec: Any) -> None:
         err.print(f"pulled task {rec.task} annotation {rec.annotation}", highlight=False)
 
-    try:
+    with cli_errors():  # RuntimeError: Label Studio refused, or stayed down
+        studio = open_studio(url, token, data_dir)
+        pid = _project_id(studio, project)
         report = do_pull(studio, pid, out, on_record=on_record, progress=progress("pull"))
-    except (ValueError, RuntimeError) as exc:  # RuntimeError: Label Studio stayed down
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
     console.print(
         f"{report.new} new annotations from {report.tasks} tasks ({report.unchanged} already "
         f"pulled, {report.box_only} without a brush mask, {report.failed} unreadable) → {out}"
@@ -317,11 +292,8 @@ def fuse(
         min_agreement=min_agreement,
         scheduler=scheduler,
     )
-    try:
+    with cli_errors():
         report = fuse_dataset(dataset, options, progress=progress("fuse"))
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
     note = f"; guard fell back: {report.fallback}" if report.fallback else ""
     if report.volumes:
         note += f"; {report.volumes} source volume(s) rebuilt"
@@ -337,23 +309,19 @@ def push(
     method: Annotated[str, typer.Option(help="Which fused-<method> folder to push.")] = (
         "crowd-staple"
     ),
-    url: UrlOpt = "http://127.0.0.1:8080",
-    token: TokenOpt = "",
+    url: UrlOption = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Send fused masks back as predictions 'consensus-<method>'; annotations are untouched."""
+    from medcrowd.connection import resolve
     from medcrowd.sync import load_fused
     from medcrowd.sync import push as do_push
 
-    try:
-        fused = load_fused(dataset, method, url)
-    except (ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    try:
-        report = do_push(_studio(url, token), fused, method)
-    except RuntimeError as exc:  # LabelStudioUnavailable: the message says what was pushed
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+    with cli_errors():  # LabelStudioUnavailable: the message says what was pushed
+        resolved_url, _, _ = resolve(url, token, data_dir)
+        fused = load_fused(dataset, method, resolved_url)
+        report = do_push(open_studio(url, token, data_dir), fused, method)
     console.print(
         f"{report.pushed} consensus predictions pushed, {report.unchanged} unchanged, "
         f"{report.replaced} stale ones replaced (model_version consensus-{method})"
@@ -381,31 +349,31 @@ def import_(
         int | None,
         typer.Option(help="Different volunteers per task (k); set on the project.", min=1),
     ] = None,
-    url: UrlOpt = "http://127.0.0.1:8080",
-    token: TokenOpt = "",
+    url: UrlOption = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:  # fmt: skip
     """Import medical images as windowed slices, with the geometry to map masks back."""
     from medcrowd.importer import ImportOptions, import_path
     from medcrowd.settings import config_path
 
-    studio = _studio(url, token)
-    pid = (
-        int(project)
-        if project.isdigit()
-        else studio.ensure_project(project, config_path("labeling_box_brush.xml").read_text())
-    )
-    if overlap is not None:
-        studio.set_overlap(pid, overlap)
-    try:
+    with cli_errors():
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        studio = open_studio(url, token, data_dir)
+        pid = (
+            int(project)
+            if project.isdigit()
+            else studio.ensure_project(project, config_path("labeling_box_brush.xml").read_text())
+        )
+        if overlap is not None:
+            studio.set_overlap(pid, overlap)
         summary = import_path(
             studio, pid, path,
             ImportOptions(axis=axis, every=every, content_only=content_only, window=window,
                           modality=modality),
             progress=progress("import"),
         )  # fmt: skip
-    except (FileNotFoundError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
     for source, why in summary.failed:
         err.print(f"[yellow]skipped[/yellow] {source}: {why}", highlight=False)
     console.print(
@@ -418,8 +386,9 @@ def import_(
 def status(
     project: ProjectOpt,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
-    url: UrlOpt = "http://127.0.0.1:8080",
-    token: TokenOpt = "",
+    url: UrlOption = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Project progress (tasks with 0..k annotations) and per-volunteer counts and time."""
     import json
@@ -428,8 +397,9 @@ def status(
 
     from medcrowd.status import project_status
 
-    studio = _studio(url, token)
-    info = project_status(studio, _project_id(studio, project))
+    with cli_errors():
+        studio = open_studio(url, token, data_dir)
+        info = project_status(studio, _project_id(studio, project))
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -448,7 +418,7 @@ def status(
     console.print(people)
 
 
-gold_app = typer.Typer(help="Expert gold tasks (hidden ground truth).")
+gold_app = typer.Typer(help="Expert gold tasks (hidden ground truth).", no_args_is_help=True)
 app.add_typer(gold_app, name="gold")
 
 
@@ -459,24 +429,24 @@ def gold_add(
     fraction: Annotated[float, typer.Option(help="Share of matched tasks to make gold.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed for choosing the tasks.")] = 0,
     label: Annotated[str, typer.Option(help="Brush label of the gold masks.")] = "Organ",
-    url: UrlOpt = "http://127.0.0.1:8080",
-    token: TokenOpt = "",
+    url: UrlOption = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Add expert masks as ground-truth annotations on a fraction of the tasks."""
     from medcrowd.gold import add_gold
 
-    studio = _studio(url, token)
-    try:
+    with cli_errors():
+        if not masks.is_dir():
+            raise FileNotFoundError(f"{masks} is not a folder of masks")
+        studio = open_studio(url, token, data_dir)
         report = add_gold(studio, _project_id(studio, project), masks, fraction, seed, label)
-    except (ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
     if report.unmatched:
         err.print(f"[yellow]no task for[/yellow] {', '.join(report.unmatched)}", highlight=False)
     console.print(f"{report.added} gold tasks added, {report.already} already gold")
 
 
-volunteers_app = typer.Typer(help="Volunteer accounts.")
+volunteers_app = typer.Typer(help="Volunteer accounts.", no_args_is_help=True)
 app.add_typer(volunteers_app, name="volunteers")
 
 
@@ -492,34 +462,39 @@ def volunteers_add(
             help="Their initial password.",
         ),
     ],
-    url: UrlOpt = "http://127.0.0.1:8080",
-    token: TokenOpt = "",
+    url: UrlOption = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Create a volunteer account (through the organisation's signup link)."""
-    studio = _studio(url, token)
-    try:
-        user_id, _ = studio.create_volunteer(email, password)
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+    with cli_errors():
+        user_id, _ = open_studio(url, token, data_dir).create_volunteer(email, password)
     console.print(f"volunteer {email} created (user id {user_id})")
 
 
 @volunteers_app.command("list")
-def volunteers_list(url: UrlOpt = "http://127.0.0.1:8080", token: TokenOpt = "") -> None:
+def volunteers_list(
+    url: UrlOption = None, token: TokenOption = None, data_dir: DataDirOption = None
+) -> None:
     """List the organisation's accounts."""
     from rich.table import Table
 
+    with cli_errors():
+        users = open_studio(url, token, data_dir).users()
     table = Table("id", "email")
-    for uid, email in sorted(_studio(url, token).users().items()):
+    for uid, email in sorted(users.items()):
         table.add_row(str(uid), email)
     console.print(table)
 
 
 @volunteers_app.command("link")
-def volunteers_link(url: UrlOpt = "http://127.0.0.1:8080", token: TokenOpt = "") -> None:
+def volunteers_link(
+    url: UrlOption = None, token: TokenOption = None, data_dir: DataDirOption = None
+) -> None:
     """Print the signup link to send volunteers."""
-    console.print(_studio(url, token).signup_link())
+    with cli_errors():
+        link = open_studio(url, token, data_dir).signup_link()
+    console.print(link, soft_wrap=True)  # never broken across lines: it is copied
 
 
 @app.command()

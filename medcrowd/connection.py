@@ -30,13 +30,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
 import typer
 
 from medcrowd.settings import default_data_dir, read_instance
-from medcrowd.studio import Studio, StudioError
+
+if TYPE_CHECKING:  # the SDK takes a while to import: only commands that talk to LS pay it
+    from medcrowd.studio import Studio
 
 __all__ = [
     "DEFAULT_URL",
@@ -148,6 +150,8 @@ def open_studio(url: str | None, token: str | None, data_dir: Path | None = None
         ConnectionProblem: nothing configured, a bad URL, nothing answering at the URL, or
             the token rejected ("token rejected by <url>").
     """
+    from medcrowd.studio import Studio, StudioError
+
     url, token, source = resolve(url, token, data_dir)
     studio = Studio(url, token)
     if not studio.healthy():

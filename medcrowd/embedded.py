@@ -42,7 +42,8 @@ def free_port() -> int:
 def wait_http(
     url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
 ) -> None:
-    """Poll ``url`` until it answers 200; fail early if ``proc`` dies."""
+    """Poll ``url`` until it answers 200; fail early if ``proc`` dies (the ML backend's
+    ``/health``; Label Studio is polled through :meth:`medcrowd.studio.Studio.wait_healthy`)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -189,10 +190,22 @@ class _ChildService:
             start_new_session=True,
         )
         try:
-            wait_http(f"{self.url}/health", timeout_s, self.proc, log)
+            self._wait_ready(timeout_s, log)
         except BaseException:
             self.stop()
             raise
+
+    def _wait_ready(self, timeout_s: float, log: Path) -> None:
+        """Until ``/health`` answers 200; fails early if the child dies."""
+        wait_http(f"{self.url}/health", timeout_s, self.proc, log)
+
+    def _exited(self, log: Path) -> None:
+        """Raise if the child has exited (with the tail of its log)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise RuntimeError(
+                f"process exited with {self.proc.returncode} before {self.url} was up\n{tail}"
+            )
 
     def stop(self) -> None:
         _stop(self.proc)
@@ -233,6 +246,11 @@ class LabelStudioProcess(_ChildService):
     @property
     def log_path(self) -> Path:
         return self.data_dir / "logs" / "label-studio.log"
+
+    def _wait_ready(self, timeout_s: float, log: Path) -> None:
+        from medcrowd.studio import Studio
+
+        Studio(self.url, self.token).wait_healthy(timeout_s, check=lambda: self._exited(log))
 
     def environment(self) -> dict[str, str]:
         """The child's environment: ours plus Label Studio's settings (secrets included)."""

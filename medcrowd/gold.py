@@ -15,15 +15,13 @@ volunteer short on every gold task; the task's own ``overlap`` is therefore rais
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from medcrowd.studio import Studio
+from medcrowd.studio import Studio, Task, task_image_url
 from ml_backend.labeling import brush_result
 
 __all__ = ["GoldReport", "add_gold", "task_image_stem"]
@@ -65,14 +63,11 @@ def add_gold(
     files = {p.stem.removesuffix("_mask"): p for p in sorted(masks.glob("*.png"))}
     if not files:
         raise FileNotFoundError(f"no PNG masks in {masks}")
-    project = studio.client.projects.get(project_id)
-    overlap = int(project.maximum_annotations or 1)
-    tasks: Iterable[Any] = studio.client.tasks.list(project=project_id, fields="all")
-    matched = []
+    overlap = studio.project(project_id).overlap
+    matched: list[tuple[Task, Path]] = []
     seen: set[str] = set()
-    for task in tasks:
-        url = next((v for v in (task.data or {}).values() if isinstance(v, str)), "")
-        stem = task_image_stem(url)
+    for task in studio.tasks(project_id):
+        stem = task_image_stem(task_image_url(task.data) or "")
         if stem in files:
             matched.append((task, files[stem]))
             seen.add(stem)
@@ -82,14 +77,13 @@ def add_gold(
     chosen = sorted(rng.choice(len(matched), size=count, replace=False).tolist()) if count else []
     for i in chosen:
         task, path = matched[i]
-        existing = studio.client.annotations.list(int(task.id))
-        if any(a.ground_truth for a in existing):
+        if studio.has_ground_truth(task.id):
             report.already += 1
             continue
         pixels = np.asarray(Image.open(path))
         mask = pixels.any(axis=-1) if pixels.ndim == 3 else pixels > 0
         result = [brush_result(mask, label, brush_name, image_name)]
-        studio.request("PATCH", f"/api/tasks/{task.id}/", json={"overlap": overlap + 1})
-        studio.client.annotations.create(int(task.id), result=result, ground_truth=True)
+        studio.set_task_overlap(task.id, overlap + 1)
+        studio.create_annotation(task.id, result, ground_truth=True)
         report.added += 1
     return report

@@ -32,12 +32,15 @@ import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medcrowd.studio import Studio
+from medcrowd.studio import Studio, Task
 from ml_backend.labeling import HINT_CONTROL as ERROR_CONTROL
+
+if TYPE_CHECKING:
+    from ml_backend.labeling import LabelingConfig
 
 __all__ = [
     "ERROR_CONTROL",
@@ -50,6 +53,8 @@ __all__ = [
 ERROR_LABEL = "Likely error"
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 STRATEGIES = ("sqa", "random")
+OUR_PREFIXES = ("sqa-", "select-random-")
+"""Model versions of the predictions ``select`` makes (the only ones it ever deletes)."""
 
 
 @dataclass
@@ -85,8 +90,7 @@ def ensure_error_control(studio: Studio, project_id: int) -> bool:
 
     from ml_backend.labeling import parse_label_config
 
-    project = studio.client.projects.get(project_id)
-    xml = str(project.label_config or "")
+    xml = studio.project(project_id).label_config
     root = SafeTree.fromstring(xml)
     if any(el.get("name") == ERROR_CONTROL for el in root.iter("BrushLabels")):
         return False
@@ -99,28 +103,19 @@ def ensure_error_control(studio: Studio, project_id: int) -> bool:
     closing = xml.rfind("</View>")
     if closing < 0:
         raise ValueError("the project's labeling config has no closing </View>")
-    studio.client.projects.update(project_id, label_config=xml[:closing] + control + xml[closing:])
+    studio.set_label_config(project_id, xml[:closing] + control + xml[closing:])
     return True
 
 
-def _unlabelled(studio: Studio, project_id: int) -> list[Any]:
-    tasks: Iterable[Any] = studio.client.tasks.list(project=project_id, fields="all")
-    return [t for t in tasks if not (t.total_annotations or 0) and not t.is_labeled]
+def _unlabelled(studio: Studio, project_id: int) -> list[Task]:
+    return [t for t in studio.tasks(project_id) if not t.total_annotations and not t.is_labeled]
 
 
-def _image(studio: Studio, task: Any) -> np.ndarray:
+def _image(studio: Studio, task: Task) -> np.ndarray:
     from ml_backend.images import decode_image
 
-    data = task.data or {}
-    url = next(
-        (v for v in data.values() if isinstance(v, str) and v.startswith(("/data/", "http"))), None
-    )
-    if url is None:
-        raise ValueError("no image URL in the task data")
-    if url.startswith("http") and not url.startswith(studio.url + "/"):
-        raise ValueError(f"image {url} is not on Label Studio's host; not fetched")
-    path = url[len(studio.url) :] if url.startswith("http") else url
-    return decode_image(studio.request("GET", path).content, max_pixels=16384 * 16384)
+    _, body = studio.fetch_image(task.data)
+    return decode_image(body, max_pixels=16384 * 16384)
 
 
 def _model_version(model: Path | None, strategy: str, seed: int) -> str:
@@ -194,53 +189,43 @@ def select_tasks(
         ensure_error_control(studio, project_id)
         from ml_backend.labeling import parse_label_config
 
-        project = studio.client.projects.get(project_id)
-        labels = parse_label_config(str(project.label_config))
+        labels = parse_label_config(studio.project(project_id).label_config)
     selected = {r["task"]: r for r in report.ranked if r["selected"]}
     for task in tasks:
-        task_id = int(task.id)
-        ours = [
-            p
-            for p in studio.client.predictions.list(task=task_id)
-            if str(p.model_version or "").startswith(("sqa-", "select-random-"))
-        ]
-        chosen = selected.get(task_id)
+        chosen = selected.get(task.id)
         if chosen is None:
-            for stale in ours:
-                studio.client.predictions.delete(int(stale.id))
-                report.removed += 1
+            update = studio.replace_predictions(task.id, OUR_PREFIXES)  # no longer selected
+            report.removed += update.removed
             continue
-        current = [p for p in ours if p.model_version == version]
-        if current:
+        update = studio.replace_predictions(
+            task.id, OUR_PREFIXES, version, _draft(labels, drafts.get(task.id)),
+            float(chosen["score"]),
+        )  # fmt: skip
+        report.removed += update.removed
+        if update.kept:
             report.unchanged += 1
-            for stale in ours:
-                if stale.model_version != version:
-                    studio.client.predictions.delete(int(stale.id))
-                    report.removed += 1
-            continue
-        for stale in ours:
-            studio.client.predictions.delete(int(stale.id))
-            report.removed += 1
-        result: list[dict[str, Any]] = []
-        if labels is not None and task_id in drafts:
-            from ml_backend.labeling import brush_result
-
-            mask, error = drafts[task_id]
-            if mask.any():
-                label = labels.brush_labels[0] if labels.brush_labels else "Organ"
-                result.append(brush_result(mask, label, labels.brush_name, labels.image_name))
-            if error.any():
-                result.append(brush_result(error, ERROR_LABEL, ERROR_CONTROL, labels.image_name))
-        studio.client.predictions.create(
-            task=task_id, result=result, model_version=version, score=float(chosen["score"])
-        )
-        report.pushed += 1
-    studio.request(
-        "PATCH",
-        f"/api/projects/{project_id}",
-        json={"sampling": UNCERTAINTY_SAMPLING, "model_version": version},
-    )
+        else:
+            report.pushed += 1
+    studio.prioritise_predictions(project_id, version)
     return report
+
+
+def _draft(
+    labels: LabelingConfig | None, draft: tuple[np.ndarray, np.ndarray] | None
+) -> list[dict[str, Any]]:
+    """The prediction's regions: the draft mask, and the likely-error layer."""
+    if labels is None or draft is None:
+        return []
+    from ml_backend.labeling import brush_result
+
+    mask, error = draft
+    result: list[dict[str, Any]] = []
+    if mask.any():
+        label = labels.brush_labels[0] if labels.brush_labels else "Organ"
+        result.append(brush_result(mask, label, labels.brush_name, labels.image_name))
+    if error.any():
+        result.append(brush_result(error, ERROR_LABEL, ERROR_CONTROL, labels.image_name))
+    return result
 
 
 def write_ranking(report: SelectReport, path: Path) -> None:

@@ -6,7 +6,6 @@ from collections import Counter
 from typing import Any
 
 from medcrowd.studio import Studio
-from medcrowd.sync import export_tasks
 
 __all__ = ["project_status"]
 
@@ -20,10 +19,10 @@ def project_status(studio: Studio, project_id: int) -> dict[str, Any]:
         "gold", "skipped", "lead_time_s"}]}`` (cancelled/skipped annotations are counted
         apart and do not advance a task).
     """
-    project = studio.client.projects.get(project_id)
-    overlap = int(project.maximum_annotations or 1)
-    all_tasks: list[Any] = list(studio.client.tasks.list(project=project_id))
-    exported = {int(t["id"]): t for t in export_tasks(studio, project_id)}
+    project = studio.project(project_id)
+    overlap = project.overlap
+    all_tasks = studio.tasks(project_id, full=False)
+    exported = {int(t["id"]): t for t in studio.export_tasks(project_id)}
     emails = studio.users()
     per_task: Counter[int] = Counter()
     people: dict[int, dict[str, Any]] = {}

@@ -15,7 +15,6 @@ lost or written twice (tests/e2e/test_faults.py restarts Label Studio mid-pull a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import httpx
 import numpy as np
 
 from medcrowd.dataset import AnnotationRecord, Dataset
-from medcrowd.studio import LabelStudioUnavailable, Studio
+from medcrowd.studio import LabelStudioUnavailable, Prediction, Studio
 from ml_backend.labeling import HINT_CONTROL, brush_result
 from ml_backend.rle import rle_to_mask
 
@@ -73,17 +72,6 @@ def _brush_mask(results: list[dict[str, Any]], height: int, width: int) -> np.nd
     return mask
 
 
-def export_tasks(studio: Studio, project_id: int) -> list[dict[str, Any]]:
-    """Every task that has annotations, with them, via the SDK's JSON export."""
-    chunks = studio.client.projects.exports.download_sync(
-        project_id, export_type="JSON", download_all_tasks=False
-    )
-    tasks = json.loads(b"".join(chunks))
-    if not isinstance(tasks, list):
-        raise RuntimeError(f"unexpected export from Label Studio: {str(tasks)[:200]}")
-    return tasks
-
-
 def pull(
     studio: Studio,
     project_id: int,
@@ -123,14 +111,14 @@ def _pull(
     progress: Callable[[Iterable[Any], int], Iterable[Any]] | None,
 ) -> PullReport:
     dataset = Dataset(out)
-    project = studio.client.projects.get(project_id)
+    project = studio.project(project_id)
     dataset.init(
         {"project": project_id, "url": studio.url, "title": project.title,
          "label_config": project.label_config}
     )  # fmt: skip
     emails = studio.users()
     done = dataset.keys()
-    tasks = export_tasks(studio, project_id)
+    tasks = studio.export_tasks(project_id)
     iterable: Iterable[Any] = progress(tasks, len(tasks)) if progress else tasks
     for task in iterable:
         report.tasks += 1
@@ -203,16 +191,10 @@ def _fetch_image(
 ) -> tuple[str | None, int, int]:
     from ml_backend.images import decode_image
 
-    data = task.get("data") or {}
-    url = next(
-        (v for v in data.values() if isinstance(v, str) and v.startswith(("/data/", "http"))), None
-    )
-    if url is None:
+    try:
+        path, body = studio.fetch_image(task.get("data"))
+    except ValueError:  # no image, or one on another host (never fetched)
         return None, 0, 0
-    if url.startswith("http") and not url.startswith(studio.url):
-        return None, 0, 0  # never fetch from hosts other than Label Studio's
-    path = url[len(studio.url) :] if url.startswith(studio.url) else url
-    body = studio.request("GET", path).content
     suffix = Path(path.split("?")[0]).suffix.lower() or ".png"
     rel = dataset.write_image(int(task["id"]), suffix, body)
     image = decode_image(body, max_pixels=16384 * 16384)
@@ -266,30 +248,21 @@ def _push(
     report: PushReport,
     on_task: Callable[[int], None] | None,
 ) -> None:
-    from label_studio_sdk.core.api_error import ApiError
-
     for task_id, (mask, score) in sorted(fused.items()):
         result = [brush_result(mask, label, brush_name, image_name)]
         rle = result[0]["value"]["rle"]
-        ours = [
-            p for p in studio.client.predictions.list(task=task_id) if p.model_version == version
-        ]
-        if any(_same_rle(p.result, rle) for p in ours):
-            report.unchanged += 1
-            if on_task is not None:
-                on_task(task_id)
-            continue
-        for stale in ours:
-            try:
-                studio.client.predictions.delete(int(stale.id))
-            except ApiError as exc:  # a DELETE resent after a lost answer finds it gone
-                if exc.status_code != 404:
-                    raise
-            report.replaced += 1
-        studio.client.predictions.create(
-            task=task_id, result=result, model_version=version, score=float(score)
+
+        def identical(prediction: Prediction, rle: list[int] = rle) -> bool:
+            return _same_rle(prediction.result, rle)
+
+        update = studio.replace_predictions(
+            task_id, version, version, result, float(score), same=identical
         )
-        report.pushed += 1
+        report.replaced += update.removed
+        if update.kept:
+            report.unchanged += 1
+        else:
+            report.pushed += 1
         if on_task is not None:
             on_task(task_id)
 

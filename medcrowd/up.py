@@ -1,7 +1,9 @@
 """``medcrowd up``: the whole embedded platform on one machine, in one command.
 
 Steps: credentials (created once, 0600) → Label Studio on SQLite (or on PostgreSQL with
-``--database``) → ML backend → project from ``configs/labeling_box_brush.xml`` → sample
+``--database``) → its URL and API token recorded in ``instance.json`` (0600, beside the
+credentials: the other commands find the instance there, see :mod:`medcrowd.connection`) →
+ML backend → project from ``configs/labeling_box_brush.xml`` → sample
 images (pydicom's bundled CT/MR, or ``--images``) → backend connected for interactive
 pre-annotation → print URL and login → wait for Ctrl-C, then stop both. Re-running reuses
 the project and never duplicates tasks.
@@ -17,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from medcrowd.embedded import BackendProcess, LabelStudioProcess, PostgresDatabase
-from medcrowd.settings import config_path, load_or_create_credentials
+from medcrowd.settings import Instance, config_path, load_or_create_credentials, write_instance
 from medcrowd.studio import ImportReport, Studio
 
 __all__ = ["UpOptions", "iter_image_files", "run_up"]
@@ -52,6 +54,7 @@ def iter_image_files(folder: Path) -> list[tuple[str, bytes]]:
 
 def run_up(opts: UpOptions, say: Callable[[str], None] = print) -> int:
     """Start everything, set up the project, then serve until interrupted."""
+    files = iter_image_files(opts.images) if opts.images else None  # fail before starting
     creds, created = load_or_create_credentials(opts.data_dir)
     studio_proc = LabelStudioProcess(
         data_dir=opts.data_dir,
@@ -84,10 +87,12 @@ def run_up(opts: UpOptions, say: Callable[[str], None] = print) -> int:
         say("Starting the ML backend (loads LiteMedSAM once) …")
         backend.start()
         studio = Studio(studio_proc.url, creds.token)
+        write_instance(opts.data_dir, Instance(url=studio_proc.url, token=creds.token))
         label_config = config_path("labeling_box_brush.xml").read_text()
         project_id = studio.ensure_project(opts.project, label_config)
-        files = iter_image_files(opts.images) if opts.images else _samples()
-        report: ImportReport = studio.import_images(project_id, files)
+        report: ImportReport = studio.import_images(
+            project_id, files if files is not None else _samples()
+        )
         studio.connect_backend(
             project_id, backend.url, (creds.backend_user, creds.backend_password)
         )

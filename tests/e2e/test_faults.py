@@ -43,7 +43,7 @@ from medcrowd.dataset import Dataset
 from medcrowd.embedded import LabelStudioProcess, free_port
 from medcrowd.settings import config_path
 from medcrowd.studio import LabelStudioUnavailable, RetryPolicy, Studio
-from medcrowd.sync import export_tasks, pull, push
+from medcrowd.sync import pull, push
 from ml_backend.labeling import brush_result
 
 # ------------------------------------------------------------------ the retrying transport
@@ -253,7 +253,7 @@ def annotations_in(ls: LabelStudioProcess, project_id: int) -> dict[int, tuple[s
     """{annotation id: (updated_at, result JSON)} as Label Studio exports them now."""
     studio = Studio(ls.url, ls.token)
     out = {}
-    for task in export_tasks(studio, project_id):
+    for task in studio.export_tasks(project_id):
         for ann in task["annotations"]:
             out[int(ann["id"])] = (
                 str(ann["updated_at"]),

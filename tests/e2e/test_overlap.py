@@ -68,19 +68,17 @@ def test_overlap_gold_and_status(
         if not active:
             break
         for uid, vol in list(active):
-            resp = vol._http.get(f"/api/projects/{pid}/next", headers=vol._headers())
-            if resp.status_code == 404:
+            task = vol.next_task(pid)
+            if task is None:  # 404: nothing more for this volunteer
                 active.remove((uid, vol))
                 continue
-            assert resp.status_code == 200, resp.text
-            task = resp.json()
             seen_foreign += [a for a in task.get("annotations") or [] if a["completed_by"] != uid]
             result = [brush_result(np.eye(8, dtype=bool), "Organ")]
-            vol.client.annotations.create(task["id"], result=result, lead_time=12.0)
+            vol.create_annotation(task["id"], result, lead_time=12.0)
             done.setdefault(task["id"], []).append(uid)
     assert not active, "the queue never ran dry"
     assert seen_foreign == []  # blind: the queue shows nobody else's annotation
-    assert sorted(done) == sorted(int(t.id) for t in admin.client.tasks.list(project=pid))
+    assert sorted(done) == sorted(t.id for t in admin.tasks(pid))
     for task_id, who in done.items():
         assert len(who) == 2 and len(set(who)) == 2, (task_id, who)
 

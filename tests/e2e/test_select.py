@@ -58,7 +58,8 @@ def isbi_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_select_prioritises_worst_tasks(
     label_studio: StudioHandle, isbi_pairs: Path, tmp_path: Path
 ) -> None:
-    env = {**os.environ, "MEDCROWD_LABEL_STUDIO_URL": label_studio.url,
+    env = {**os.environ, "MEDCROWD_URL": label_studio.url, "MEDCROWD_TOKEN": label_studio.token,
+           "MEDCROWD_LABEL_STUDIO_URL": label_studio.url,
            "MEDCROWD_LABEL_STUDIO_TOKEN": label_studio.token, "COLUMNS": "200"}  # fmt: skip
     train = tmp_path / "train"
     (train / "images").mkdir(parents=True)
@@ -129,9 +130,8 @@ def test_select_prioritises_worst_tasks(
     tag = uuid.uuid4().hex[:6]
     _, vol_token = admin.create_volunteer(f"sel-{tag}@example.com", f"Sel-{tag}-pass!")
     vol = Studio(label_studio.url, vol_token)
-    resp = vol._http.get(f"/api/projects/{pid}/next", headers=vol._headers())
-    assert resp.status_code == 200, resp.text
-    assert resp.json()["id"] in chosen
+    queued = vol.next_task(pid)
+    assert queued is not None and queued["id"] in chosen
 
     # a volunteer accepts the draft with its hint layer: pull keeps only the mask control
     from medcrowd.sync import pull
@@ -140,9 +140,8 @@ def test_select_prioritises_worst_tasks(
     draft[10:30, 10:30] = True
     hint = np.zeros((128, 128), bool)
     hint[60:90, 60:90] = True
-    vol.client.annotations.create(
-        chosen[0],
-        result=[brush_result(draft, "Organ"), brush_result(hint, "Likely error", "sqa_error")],
+    vol.create_annotation(
+        chosen[0], [brush_result(draft, "Organ"), brush_result(hint, "Likely error", "sqa_error")]
     )
     dataset = tmp_path / "pulled"
     pull(admin, pid, dataset)
@@ -161,7 +160,8 @@ def test_select_prioritises_worst_tasks(
 
 
 def test_select_errors_are_clear(label_studio: StudioHandle, tmp_path: Path) -> None:
-    env = {**os.environ, "MEDCROWD_LABEL_STUDIO_URL": label_studio.url,
+    env = {**os.environ, "MEDCROWD_URL": label_studio.url, "MEDCROWD_TOKEN": label_studio.token,
+           "MEDCROWD_LABEL_STUDIO_URL": label_studio.url,
            "MEDCROWD_LABEL_STUDIO_TOKEN": label_studio.token}  # fmt: skip
     missing = cli("select", "--project", "1", "--model", str(tmp_path / "no.pt"), env=env, ok=False)
     assert missing.returncode == 1 and "no model file" in missing.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from medcrowd.embedded import free_port
-from medcrowd.settings import load_or_create_credentials
+from medcrowd.settings import Instance, load_or_create_credentials, read_instance
 from medcrowd.studio import Studio
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -68,6 +69,24 @@ def test_up_serves_reuses_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert len(tasks) == 3  # pydicom's CT (two windows) and MR slices
         (ml,) = list(studio.client.ml.list(project=project_id))
         assert ml.is_interactive and ml.state == "CO"
+        # the other commands find this instance from its data directory alone
+        assert read_instance(data_dir) == Instance(f"http://127.0.0.1:{ls_port}", creds.token)
+        assert oct((data_dir / "instance.json").stat().st_mode & 0o777) == "0o600"
+        bare = {k: v for k, v in env.items() if k not in ("MEDCROWD_URL", "MEDCROWD_TOKEN")}
+        status = subprocess.run(
+            [sys.executable, "-m", "medcrowd", "status", "--project", str(project_id),
+             "--data-dir", str(data_dir), "--json"],
+            capture_output=True, text=True, timeout=120, env=bare,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["tasks"] == 3
+        rejected = subprocess.run(
+            [sys.executable, "-m", "medcrowd", "status", "--project", str(project_id),
+             "--data-dir", str(data_dir), "--token", "0" * 40],
+            capture_output=True, text=True, timeout=120, env=bare,
+        )  # fmt: skip
+        assert rejected.returncode == 1 and "Traceback" not in rejected.stderr
+        assert rejected.stderr.strip() == f"error: token rejected by http://127.0.0.1:{ls_port}"
         # Ctrl-C stops Label Studio and the backend.
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
