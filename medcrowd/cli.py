@@ -196,28 +196,28 @@ def backend_serve(
     auth = None
     if basic_auth_user or basic_auth_pass:
         auth = (basic_auth_user or "", basic_auth_pass or "")
-    config = BackendConfig(
-        host=host,
-        port=port,
-        basic_auth=auth,
-        label_studio_url=label_studio_url,
-        label_studio_token=label_studio_token,
-        local_files_root=local_files_root,
-        allowed_roots=list(allowed_root or []),
-        predictor=predictor,
-        device=device,
-        checkpoint=checkpoint,
-        draft_model=draft_model,
-        cache_dir=cache_dir or default_data_dir() / "cache",
-        workers=workers,
-        max_inflight=max_inflight,
-        max_queue=max_queue,
-        request_timeout_s=request_timeout,
-    )
     try:
+        config = BackendConfig(
+            host=host,
+            port=port,
+            basic_auth=auth,
+            label_studio_url=label_studio_url,
+            label_studio_token=label_studio_token,
+            local_files_root=local_files_root,
+            allowed_roots=list(allowed_root or []),
+            predictor=predictor,
+            device=device,
+            checkpoint=checkpoint,
+            draft_model=draft_model,
+            cache_dir=cache_dir or default_data_dir() / "cache",
+            workers=workers,
+            max_inflight=max_inflight,
+            max_queue=max_queue,
+            request_timeout_s=request_timeout,
+        )
         serve(config, log_level=log_level.lower())
     except (ValueError, RuntimeError) as exc:  # ModelUnavailable is a RuntimeError
-        err.print(f"[red]error:[/red] {exc}")
+        error(exc)
         raise typer.Exit(2) from None
 
 

@@ -177,7 +177,6 @@ def cli_errors(code: int = 1) -> Iterator[None]:
     :class:`~medcrowd.studio.LabelStudioUnavailable`), a timeout or dropped connection,
     bad input (``ValueError``, ``FileNotFoundError`` and other ``OSError``).
     """
-    import click
     import httpx
 
     from medcrowd.console import error
@@ -185,7 +184,7 @@ def cli_errors(code: int = 1) -> Iterator[None]:
     try:
         yield
     except (RuntimeError, ValueError, OSError, httpx.HTTPError) as exc:
-        if isinstance(exc, (click.exceptions.Exit, click.exceptions.Abort)):
-            raise  # click's own exits are RuntimeErrors too: not failures to report
+        if isinstance(exc, (typer.Exit, typer.Abort)):
+            raise  # typer's own exits are RuntimeErrors too: not failures to report
         error(exc)
         raise typer.Exit(code) from None
