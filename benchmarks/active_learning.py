@@ -44,14 +44,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segmenter.active import (  # noqa: E402
-    ALResult,
-    SQASettings,
-    plot_curves,
-    simulate_active_learning,
-)
-from segmenter.data import load_fov_masks, load_pairs, tiles, to_gray  # noqa: E402
-from segmenter.trainer import SegmenterConfig  # noqa: E402
+from medcrowd.pairs import Pair, binary_arrays, load_pairs  # noqa: E402
+from medcrowd.simulate import plot_curves  # noqa: E402
+from ml_backend.device import resolve_device  # noqa: E402
+from segmenter.active import ALResult, SQASettings, simulate_active_learning  # noqa: E402
+from segmenter.data import tiles, to_gray  # noqa: E402
+from segmenter.model import SegmenterConfig  # noqa: E402
 
 
 def _data_root() -> Path:
@@ -67,7 +65,7 @@ def load_isbi(size: int, split: str) -> dict[str, Any]:
     root = _data_root() / "isbi2012_em" / "train"
     if not root.is_dir():
         sys.exit(f"ISBI 2012 data not found at {root}; set MEDCROWD_SHARED_DATA")
-    names, images, masks = load_pairs(root, invert_masks=True)  # 1 = membrane
+    names, images, masks = binary_arrays(load_pairs(root, invert_masks=True))  # 1 = membrane
     if split == "test":
         pool_ids, test_ids = list(range(24)), list(range(24, 30))
     else:
@@ -83,16 +81,24 @@ def load_isbi(size: int, split: str) -> dict[str, Any]:
     }
 
 
+def _fov(pair: Pair) -> np.ndarray:
+    """A DRIVE pair's field of view, HW uint8 {0, 1}."""
+    if pair.fov is None:
+        sys.exit(f"no field-of-view mask for DRIVE image {pair.name}")
+    return pair.fov.astype(np.uint8)
+
+
 def load_drive(size: int, split: str) -> dict[str, Any]:
     root = _data_root() / "drive"
     if not (root / "train").is_dir():
         sys.exit(f"DRIVE data not found at {root}; set MEDCROWD_SHARED_DATA")
-    names, images, masks = load_pairs(root / "train")
-    fov = load_fov_masks(root / "train", names)
+    train = load_pairs(root / "train")
+    names, images, masks = binary_arrays(train, gray=False)  # RGB kept: green channel below
+    fov = [_fov(p) for p in train]
     gray = [to_gray(im, "green") for im in images]
     if split == "test":
         pool = list(range(len(names)))
-        t_names, t_images, t_masks = load_pairs(root / "test")
+        t_names, t_images, t_masks = binary_arrays(load_pairs(root / "test"), gray=False)
         test_images = [to_gray(im, "green") for im in t_images]
         test_masks = list(t_masks)
         test_names = t_names
@@ -129,20 +135,26 @@ def _mean_results(per_seed: list[list[ALResult]]) -> list[ALResult]:
 
 
 class _Say:
-    """Progress on stderr: a line per stage change and at most every 20 s within a stage."""
+    """Progress on stderr: a line per simulation event (``on_log``), and the step count at
+    most every 20 s (``progress``)."""
 
-    def __init__(self) -> None:
-        self.stage = ""
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
         self.last = 0.0
         self.t0 = time.perf_counter()
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def _print(self, text: str) -> None:
         now = time.perf_counter()
-        if stage != self.stage or now - self.last > 20 or done == total:
-            if stage == self.stage and done == total and now - self.last < 1:
-                return
-            print(f"[{now - self.t0:7.1f}s] {stage} {done}/{total}", file=sys.stderr, flush=True)
-            self.stage, self.last = stage, now
+        print(f"[{now - self.t0:7.1f}s] seed {self.seed}: {text}", file=sys.stderr, flush=True)
+        self.last = now
+
+    def progress(self, done: int, total: int) -> None:
+        if time.perf_counter() - self.last > 20 or done == total:
+            self._print(f"{done}/{total} steps")
+
+    def log(self, event: dict[str, Any]) -> None:
+        dice = f": Dice {event['dice']:.4f}" if "dice" in event else ""
+        self._print(f"{event['stage']}{dice}")
 
 
 def main() -> None:
@@ -190,6 +202,7 @@ def main() -> None:
         res_units=args.res_units,
         input_mode="tile",
         gray="green" if args.data == "drive" else "luminance",
+        device=resolve_device("auto"),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     print(
@@ -198,11 +211,11 @@ def main() -> None:
         f"initial {per_round}, +{per_round} × {args.rounds} rounds",
         file=sys.stderr,
     )
-    say = _Say()
     per_seed: list[list[ALResult]] = []
     fulls: list[float] = []
     t0 = time.perf_counter()
     for seed in args.seeds:
+        say = _Say(seed)
         results, full = simulate_active_learning(
             pool_x,
             pool_y,
@@ -215,7 +228,8 @@ def main() -> None:
             config=config,
             finetune_steps=args.finetune_steps,
             seed=seed,
-            on_progress=lambda s, d, t, seed=seed: say(f"seed {seed}: {s}", d, t),
+            progress=say.progress,
+            on_log=say.log,
             candidates=args.candidates,
             sqa=SQASettings(
                 args.sqa_folds,

@@ -1,19 +1,23 @@
 """``medcrowd evaluate``, ``medcrowd train segmenter|sqa`` and ``medcrowd select``.
 
-Registered in ``medcrowd/cli.py``. The engines live in :mod:`medcrowd.evaluate`,
-:mod:`medcrowd.select` and the :mod:`segmenter` package (MONAI; imported only when a
-command runs, ``import monai`` takes seconds).
+Registered in ``medcrowd/cli.py``. Each command parses its options, calls one function —
+:func:`medcrowd.evaluate.evaluate`, :func:`medcrowd.train.train_model`,
+:func:`medcrowd.simulate.simulate_selection` or :func:`medcrowd.select.select_tasks` — and
+prints; every expected failure is one ``error:`` line (:func:`medcrowd.connection.cli_errors`).
+The engines (:mod:`segmenter`, :mod:`gan`; MONAI takes seconds to import) are imported only
+when a command runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from medcrowd.connection import DataDirOption, TokenOption, UrlOption, cli_errors
 from medcrowd.console import bars, console, err, progress
 
 __all__ = ["evaluate_command", "select_command", "train_app"]
@@ -23,13 +27,7 @@ train_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
-DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
-
-
-def _fail(exc: BaseException) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(1)
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")]
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -43,17 +41,23 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 
 
 @contextmanager
-def _stages() -> Iterator[Any]:
-    """One rich progress bar per stage; yields a ``(stage, done, total)`` callback."""
+def _bar(
+    description: str,
+) -> Iterator[tuple[Callable[[int, int], None], Callable[[dict[str, Any]], None]]]:
+    """One rich progress bar; yields ``(progress(done, total), on_log(event))``: the bar
+    follows ``progress`` and shows the ``"stage"`` of the latest event as its description."""
     with bars() as bar:
-        tasks: dict[str, Any] = {}
+        task = bar.add_task(description, total=None)
 
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=max(total, 1))
-            bar.update(tasks[stage], completed=min(done, max(total, 1)), total=max(total, 1))
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=min(done, max(total, 1)), total=max(total, 1))
 
-        yield update
+        def log(event: dict[str, Any]) -> None:
+            stage = event.get("stage")
+            if isinstance(stage, str):
+                bar.update(task, description=stage)
+
+        yield update, log
 
 
 def evaluate_command(
@@ -133,56 +137,24 @@ def evaluate_command(
         options.size, options.steps, options.synth_steps = 64, 80, 80
         options.synth_ngf, options.channels = 16, (8, 16, 32, 64)
         options.seeds = options.seeds[:1]
-    try:
-        with _stages() as update:
-            report = evaluate(data, out, options, test, crowd, synthetic, progress=update)
-    except _USER_ERRORS as exc:
-        raise _fail(exc) from None
+    with cli_errors():
+        with _bar("evaluate") as (update, log):
+            report = evaluate(
+                data, out, options, test, crowd, synthetic, progress=update, on_log=log
+            )
     console.print(report.table)
     console.print(f"wrote {out / 'table.md'}, {out / 'chart.png'}, {out / 'results.csv'}")
 
 
-def _read_labelled(data: Path, invert: bool, method: str) -> tuple[list[Any], list[Any]]:
-    """Images and 0/1 masks from a pulled + fused dataset or a pairs folder."""
-    if (data / "dataset.json").is_file():
-        from medcrowd.synth import load_pairs as load_fused
+def _train(kind: str, data: Path, out: Path, options: Any) -> None:
+    from medcrowd.train import train_model
 
-        pairs = load_fused(data, method, invert)
-        return [p.image for p in pairs], [(p.mask > 0).astype("uint8") for p in pairs]
-    from segmenter.data import load_pairs
-
-    _, images, masks = load_pairs(data, invert_masks=invert)
-    return list(images), list(masks)
-
-
-def _train(kind: str, data: Path, out: Path, size: int, steps: int, seed: int, device: str,
-           invert: bool, method: str, folds: int = 3,
-           channels: tuple[int, ...] = (16, 32, 64, 128)) -> None:  # fmt: skip
-
-    from segmenter.data import prepare
-    from segmenter.trainer import SegmenterConfig
-
-    if not data.is_dir():
-        raise FileNotFoundError(f"{data} is not a folder")
-    images, masks = _read_labelled(data, invert, method)
-    if not images:
-        raise ValueError(f"no labelled pairs in {data}")
-    x, y = prepare(images, masks, size)
-    config = SegmenterConfig(size=size, steps=steps, seed=seed, device=device, channels=channels)
-    model: Any
-    if kind == "segmenter":
-        from segmenter.trainer import Segmenter
-
-        model = Segmenter(config)
-    else:
-        from segmenter.sqa import QualityAssessor
-
-        model = QualityAssessor(config, folds=folds)
-    with _stages() as update:
-        losses = model.fit(x, y, on_step=lambda d, t, _l: update(f"training {kind}", d, t))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(out)
-    console.print(f"trained {kind} on {len(x)} pairs, final loss {losses[-1]:.4f} → {out}")
+    with cli_errors():
+        with _bar(f"training {kind}") as (update, _log):
+            report = train_model(kind, data, out, options, progress=update)
+    console.print(
+        f"trained {kind} on {report.pairs} pairs, final loss {report.final_loss:.4f} → {out}"
+    )
 
 
 _TrainData = Annotated[Path, typer.Argument(help="Labelled pairs or a pulled + fused dataset.")]
@@ -208,11 +180,12 @@ def train_segmenter(
     device: DeviceOpt = "auto",
 ) -> None:
     """Train the downstream segmenter; `medcrowd backend serve --draft-model` serves it."""
-    try:
-        _train("segmenter", data, out, size, steps, seed, device, invert_masks, method,
-               channels=_ints(channels, "--channels"))  # fmt: skip
-    except _USER_ERRORS as exc:
-        raise _fail(exc) from None
+    from medcrowd.train import TrainOptions
+
+    options = TrainOptions(size=size, steps=steps, seed=seed, device=device,
+                           invert_masks=invert_masks, method=method,
+                           channels=_ints(channels, "--channels"))  # fmt: skip
+    _train("segmenter", data, out, options)
 
 
 @train_app.command("sqa")
@@ -232,11 +205,12 @@ def train_sqa(
 
     The error branch learns from out-of-fold segmentations (k fold networks), never from the
     network's errors on its own training images."""
-    try:
-        _train("sqa", data, out, size, steps, seed, device, invert_masks, method, folds,
-               _ints(channels, "--channels"))  # fmt: skip
-    except _USER_ERRORS as exc:
-        raise _fail(exc) from None
+    from medcrowd.train import TrainOptions
+
+    options = TrainOptions(size=size, steps=steps, seed=seed, device=device,
+                           invert_masks=invert_masks, method=method, folds=folds,
+                           channels=_ints(channels, "--channels"))  # fmt: skip
+    _train("sqa", data, out, options)
 
 
 def select_command(
@@ -252,12 +226,9 @@ def select_command(
     ranking: Annotated[
         Path | None, typer.Option(help="Also write the ranking as CSV here.")
     ] = None,
-    url: Annotated[str, typer.Option(envvar="MEDCROWD_LABEL_STUDIO_URL")] = (
-        "http://127.0.0.1:8080"
-    ),
-    token: Annotated[
-        str, typer.Option(envvar="MEDCROWD_LABEL_STUDIO_TOKEN", show_default=False)
-    ] = "",
+    url: UrlOption = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
     simulate: Annotated[
         Path | None,
         typer.Option(help="Simulation mode: labelled pairs to run select→label→fine-tune on."),
@@ -277,29 +248,34 @@ def select_command(
     """Prioritise the k unlabelled tasks the model is most likely wrong on, show volunteers
     the predicted error region; or (--simulate) compare SQA, random and MC-dropout
     selection over labelling rounds and plot Dice vs % labelled."""
-    try:
+    with cli_errors():
         if simulate is not None:
-            _simulate(simulate, out, initial, per_round, rounds, size, steps, finetune_steps,
-                      test_fraction, invert_masks, seed, device)  # fmt: skip
+            from medcrowd.simulate import SimulateOptions
+
+            _simulate(simulate, out, SimulateOptions(
+                initial=initial, per_round=per_round, rounds=rounds, size=size, steps=steps,
+                finetune_steps=finetune_steps, test_fraction=test_fraction,
+                invert_masks=invert_masks, seed=seed, device=device,
+            ))  # fmt: skip
             return
         if project is None:
             raise ValueError("give --project (live mode) or --simulate DATA")
-        _live(k, project, model, strategy, dry_run, ranking, url, token, seed, device)
-    except _USER_ERRORS as exc:
-        raise _fail(exc) from None
+        _live(k, project, model, strategy, dry_run, ranking, url, token, data_dir, seed, device)
 
 
 def _live(k: int, project: int, model: Path | None, strategy: str, dry_run: bool,
-          ranking: Path | None, url: str, token: str, seed: int, device: str) -> None:  # fmt: skip
+          ranking: Path | None, url: str | None, token: str | None, data_dir: Path | None,
+          seed: int, device: str) -> None:  # fmt: skip
     from rich.table import Table
 
+    from medcrowd.connection import open_studio
     from medcrowd.select import SelectOptions, select_tasks, write_ranking
-    from medcrowd.studio import Studio
+    from ml_backend.device import resolve_device
 
-    if not token:
-        raise ValueError("a Label Studio token is needed (--token or MEDCROWD_LABEL_STUDIO_TOKEN)")
-    options = SelectOptions(k=k, strategy=strategy, dry_run=dry_run, seed=seed, device=device)
-    studio = Studio(url, token)
+    options = SelectOptions(
+        k=k, strategy=strategy, dry_run=dry_run, seed=seed, device=resolve_device(device)
+    )
+    studio = open_studio(url, token, data_dir)
     report = select_tasks(studio, project, model, options, progress=progress("assessing tasks"))
     table = Table("rank", "task", "predicted quality", "error area", "selected")
     for i, row in enumerate(report.ranked[: max(k, 10)]):
@@ -324,45 +300,13 @@ def _live(k: int, project: int, model: Path | None, strategy: str, dry_run: bool
         )
 
 
-def _simulate(data: Path, out: Path, initial: int, per_round: int, rounds: int, size: int,
-              steps: int, finetune_steps: int, test_fraction: float, invert: bool, seed: int,
-              device: str) -> None:  # fmt: skip
-    import json
+def _simulate(data: Path, out: Path, options: Any) -> None:
+    from medcrowd.simulate import simulate_selection
 
-    import numpy as np
-
-    from segmenter.active import plot_curves, simulate_active_learning
-    from segmenter.data import load_pairs, prepare
-    from segmenter.trainer import SegmenterConfig
-
-    if not data.is_dir():
-        raise FileNotFoundError(f"{data} is not a folder")
-    _, images, masks = load_pairs(data, invert_masks=invert)
-    if len(images) < initial + per_round + 2:
-        raise ValueError(f"{len(images)} labelled images are too few for this simulation")
-    x, y = prepare(images, masks, size)
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_test = max(1, round(len(x) * test_fraction))
-    test_idx, pool_idx = order[:n_test], order[n_test:]
-    config = SegmenterConfig(size=size, steps=steps, seed=seed, device=device)
-    with _stages() as update:
-        results, full = simulate_active_learning(
-            x[pool_idx], y[pool_idx], x[test_idx], y[test_idx],
-            initial=initial, per_round=per_round, rounds=rounds, config=config,
-            finetune_steps=finetune_steps, seed=seed, on_progress=update,
-        )  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    plot_curves(results, full, out / "curves.png")
-    payload = {
-        "data": str(data.resolve()),
-        "pool": len(pool_idx),
-        "test": int(n_test),
-        "full_data_dice": full,
-        "results": [r.to_dict() for r in results],
-    }
-    (out / "curves.json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    for r in results:
+    with _bar("simulating active learning") as (update, log):
+        report = simulate_selection(data, out, options, progress=update, on_log=log)
+    for r in report.results:
         curve = zip(r.fractions, r.dice, strict=True)
         pts = ", ".join(f"{f * 100:.0f}%: {d:.3f}" for f, d in curve)
         console.print(f"{r.strategy:>10}  {pts}")
-    console.print(f"full-data Dice {full:.3f}; wrote {out / 'curves.png'}")
+    console.print(f"full-data Dice {report.full_dice:.3f}; wrote {out / 'curves.png'}")

@@ -29,7 +29,16 @@ Outputs in ``out``::
     table.md        mean ± std per arm, relative Dice change vs (a)
     chart.png       Dice per arm (bars: mean, whiskers: std, dots: seeds)
     summary.json    options, split, per-arm means, crowd-label quality vs the expert masks
-    seed-<s>/       the training pairs of each arm (PNG) and the pix2pix run
+    seed-<s>/       the training pairs of each arm (PNG)
+
+pix2pix runs in memory (:func:`gan.fit_pix2pix`, :meth:`gan.Synthesizer.generate`) with the
+steps ``medcrowd synth train`` + ``generate`` take: the pairs in ``medcrowd synth``'s name
+order, 10 % of them held out (unused here), batch size 1, then ``synth_count`` new masks by
+:class:`gan.DeformedMaskGenerator` seeded with the arm's seed.
+
+Progress is ``progress(done, total)`` in optimiser steps (pix2pix and every arm's network,
+all seeds); ``on_log`` gets ``{"stage": "seed 0: training pix2pix"}``-style events as each
+stage starts and ``{"stage": …, "row": {...}}`` when an arm is scored.
 """
 
 from __future__ import annotations
@@ -59,8 +68,10 @@ DEFAULT_CROWD = (
     "partial", "spammer_blobs",
 )  # fmt: skip
 
-Progress = Callable[[str, int, int], None]
-"""Called with (stage description, done, total)."""
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: optimiser steps done out of the run's total."""
+Log = Callable[[dict[str, Any]], None]
+"""``on_log(event)``: ``{"stage": description, ...}`` as each stage starts or ends."""
 
 U8 = npt.NDArray[np.uint8]
 
@@ -155,9 +166,9 @@ def _prepare(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], size: in
 
 def _load(root: Path, size: int, invert: bool) -> tuple[_Set, list[str]]:
     """Read a labelled folder; returns the set at ``size`` and a pixel hash per image."""
-    from segmenter.data import load_pairs
+    from medcrowd.pairs import binary_arrays, load_pairs
 
-    names, images, masks = load_pairs(root, invert_masks=invert)
+    names, images, masks = binary_arrays(load_pairs(root, invert_masks=invert))
     if not names:
         raise ValueError(f"no image–mask pairs found in {root}")
     hashes = [_pixel_hash(im) for im in images]
@@ -165,11 +176,18 @@ def _load(root: Path, size: int, invert: bool) -> tuple[_Set, list[str]]:
     return _Set(list(names), imgs, msks), hashes
 
 
-def _load_crowd(root: Path, method: str, size: int) -> tuple[_Set, list[str]]:
-    """A fused dataset (pull + fuse) or a pairs folder, as ``medcrowd synth`` reads them."""
-    from medcrowd.synth import load_pairs
+def _synth_order(name: str) -> tuple[int, int | str]:
+    """The order ``medcrowd synth`` reads a pairs folder in: all-digit names numerically
+    first, then the rest by string."""
+    return (0, int(name)) if name.isdigit() else (1, name)
 
-    pairs = load_pairs(root, method)
+
+def _load_crowd(root: Path, method: str, size: int) -> tuple[_Set, list[str]]:
+    """A fused dataset (pull + fuse) or a pairs folder, in the order ``medcrowd synth``
+    reads them."""
+    from medcrowd.pairs import load_pairs
+
+    pairs = sorted(load_pairs(root, method=method), key=lambda p: _synth_order(p.name))
     if not pairs:
         raise ValueError(f"no fused or image–mask pairs found in {root}")
     imgs, msks = _prepare([p.image for p in pairs], [p.mask for p in pairs], size)
@@ -246,18 +264,26 @@ def evaluate(
     crowd: Path | None = None,
     synthetic: Path | None = None,
     progress: Progress | None = None,
+    on_log: Log | None = None,
 ) -> EvaluateReport:
     """Train the downstream network on every arm for every seed; write the table (module doc).
 
+    Args:
+        progress: ``progress(done, total)`` in optimiser steps over the whole run.
+        on_log: stage events (module doc).
+
     Raises:
-        ValueError / FileNotFoundError: bad options, empty or overlapping inputs.
+        ValueError / FileNotFoundError: bad options or device, empty or overlapping inputs.
     """
+    from ml_backend.device import resolve_device
+
     options.check()
+    device = resolve_device(options.device)
     for path in (data, test, crowd, synthetic):
         if path is not None and not Path(path).is_dir():
             raise FileNotFoundError(f"{path} is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    say = progress or (lambda *_: None)
+    log = on_log or (lambda _event: None)
 
     full, hashes = _load(data, options.size, options.invert_masks)
     if test is not None:
@@ -288,6 +314,9 @@ def evaluate(
     if synthetic is not None:
         synth_given, _ = _load_crowd(synthetic, options.crowd_method, options.size)
 
+    train_pix2pix = "synthetic" in options.arms and synth_given is None
+    per_seed = len(options.arms) * options.steps + (options.synth_steps if train_pix2pix else 0)
+    steps = _Steps(len(options.seeds) * per_seed, progress)
     rows: list[dict[str, Any]] = []
     crowd_reports: dict[str, Any] = {}
     for seed in options.seeds:
@@ -302,7 +331,7 @@ def evaluate(
             if crowd_set is not None:
                 crowd_part = crowd_set
             else:
-                say(f"seed {seed}: simulating and fusing the crowd", 0, 1)
+                log({"stage": f"seed {seed}: simulating and fusing the crowd"})
                 order = expert_idx + rest_idx  # gold first
                 fused, report = simulate_fused(
                     pool.masks[order],
@@ -321,12 +350,15 @@ def evaluate(
             if synth_given is not None:
                 synth = synth_given
             else:
-                synth = _synthesise(arms["crowd"], seed_dir, options, seed, say)
+                log({"stage": f"seed {seed}: training pix2pix"})
+                synth = _synthesise(arms["crowd"], options, seed, device, steps.part())
             arms["synthetic"] = _concat(arms["crowd"], synth)
         for arm in options.arms:
             _write_pairs(seed_dir / arm, arms[arm])
-            say(f"seed {seed}: training on {ARM_TITLES[arm]}", 0, options.steps)
-            row = _train_and_score(arm, seed, arms[arm], test_set, options, say)
+            stage = f"seed {seed}: training on {ARM_TITLES[arm]}"
+            log({"stage": stage})
+            row = _train_and_score(arm, seed, arms[arm], test_set, options, device, steps.part())
+            log({"stage": stage, "row": row})
             rows.append(row)
             _write_rows(out / "results.csv", rows)
 
@@ -350,42 +382,65 @@ def evaluate(
     return EvaluateReport(out=out, rows=rows, summary=summary, table=table)
 
 
-def _synthesise(
-    base: _Set, seed_dir: Path, options: EvaluateOptions, seed: int, say: Progress
-) -> _Set:
-    """pix2pix trained on ``base`` (at the evaluation size), then ``synth_count`` pairs."""
-    from medcrowd.synth import SynthOptions, generate_synth, train_synth
+class _Steps:
+    """One ``progress(done, total)`` over the whole run, fed by each training call."""
 
-    pairs_dir = seed_dir / "pix2pix-pairs"
-    _write_pairs(pairs_dir, base, scale=255)
-    run_dir = seed_dir / "pix2pix"
-    synth_opts = SynthOptions(
-        size=options.size,
-        steps=options.synth_steps,
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total, self.done, self.progress = total, 0, progress
+
+    def part(self) -> Progress:
+        start = self.done
+
+        def tick(done: int, _total: int) -> None:
+            self.done = start + done
+            if self.progress is not None:
+                self.progress(min(self.done, self.total), self.total)
+
+        return tick
+
+
+def _synthesise(
+    base: _Set, options: EvaluateOptions, seed: int, device: str, progress: Progress
+) -> _Set:
+    """pix2pix trained on ``base`` (at the evaluation size) in memory, then ``synth_count``
+    synthetic pairs (as many as ``base`` when 0).
+
+    The steps of ``medcrowd synth train`` (``holdout=0.1``, ``quality=False``) and
+    ``medcrowd synth generate`` on ``base`` written as a pairs folder: pairs in
+    ``medcrowd synth``'s name order, masks as class ids (0 background, 1 foreground), a
+    seeded 10 % held out of training, batch size 1; new masks from the training masks by
+    :class:`gan.DeformedMaskGenerator` (``seed``), images generated in chunks of 8.
+    """
+    from gan import DeformedMaskGenerator, Pix2PixConfig, fit_pix2pix
+
+    order = sorted(range(len(base)), key=lambda i: _synth_order(base.names[i].replace("/", "_")))
+    images, labels = base.images[order], (base.masks[order] != 0).astype(np.uint8)
+    if not labels.any():
+        raise ValueError("every mask is empty: nothing to learn")
+    n = len(order)
+    if n < 2:
+        raise ValueError(f"need at least 2 pairs (one held out), found {n}")
+    n_held = min(n - 1, max(1, round(n * 0.1)))
+    train = sorted(np.random.default_rng(seed).permutation(n).tolist()[n_held:])
+    config = Pix2PixConfig(
+        image_size=options.size,
+        image_channels=1,
+        mask_channels=2,
         ngf=options.synth_ngf,
         ndf=options.synth_ngf,
+        lr=2e-4,
+        device=device,
+        amp=True,
         seed=seed,
-        holdout=0.1,
-        device=options.device,
-        quality=False,
-        checkpoint_every=max(options.synth_steps, 1),
     )
-    total = options.synth_steps
-    train_synth(
-        pairs_dir,
-        run_dir,
-        synth_opts,
-        progress=lambda done, _t, _l: say(f"seed {seed}: training pix2pix", done, total),
-    )
-    n = options.synth_count or len(base)
-    out = seed_dir / "synthetic"
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    generate_synth(run_dir, out, n, seed=seed, device=options.device)
-    synth, _ = _load_crowd(out, options.crowd_method, options.size)
-    return _Set([f"syn-{i}" for i in range(len(synth))], synth.images, synth.masks)
+    synth = fit_pix2pix(
+        images[train], labels[train], config, steps=options.synth_steps, batch_size=1,
+        progress=progress,
+    )  # fmt: skip
+    count = options.synth_count or len(base)
+    new, _ = DeformedMaskGenerator().sample(labels[train], count, seed=seed)
+    fake = synth.generate(new, seed=seed * 100003, batch_size=8)
+    return _Set([f"syn-{i}" for i in range(count)], fake, (new != 0).astype(np.uint8))
 
 
 def _write_pairs(folder: Path, data: _Set, scale: int = 255) -> None:
@@ -400,10 +455,17 @@ def _write_pairs(folder: Path, data: _Set, scale: int = 255) -> None:
 
 
 def _train_and_score(
-    arm: str, seed: int, train: _Set, test: _Set, options: EvaluateOptions, say: Progress
+    arm: str,
+    seed: int,
+    train: _Set,
+    test: _Set,
+    options: EvaluateOptions,
+    device: str,
+    progress: Progress,
 ) -> dict[str, Any]:
     from segmenter.metrics import dice_scores, hd95_scores
-    from segmenter.trainer import Segmenter, SegmenterConfig
+    from segmenter.model import SegmenterConfig
+    from segmenter.trainer import Segmenter
 
     config = SegmenterConfig(
         size=options.size,
@@ -413,11 +475,10 @@ def _train_and_score(
         channels=options.channels,
         res_units=options.res_units,
         seed=seed,
-        device=options.device,
+        device=device,
     )
     net = Segmenter(config)
-    title = f"seed {seed}: training on {ARM_TITLES[arm]}"
-    net.fit(train.images, train.masks, on_step=lambda done, total, _loss: say(title, done, total))
+    net.fit(train.images, train.masks, progress=progress)
     pred = net.predict(test.images)
     dice = dice_scores(pred, test.masks)
     hd95 = hd95_scores(pred, test.masks)

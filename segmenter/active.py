@@ -21,26 +21,28 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from segmenter.metrics import dice_scores
-from segmenter.trainer import Segmenter, SegmenterConfig
+from segmenter.model import SegmenterConfig
+from segmenter.trainer import Segmenter
+from segmenter.training import Progress
 
 __all__ = [
     "STRATEGIES",
     "ALResult",
     "SQASettings",
-    "plot_curves",
+    "planned_steps",
     "results_json",
     "simulate_active_learning",
 ]
 
-Progress = Callable[[str, int, int], None]
-"""Called with (stage description, done, total)."""
+Log = Callable[[dict[str, Any]], None]
+"""``on_log(event)``: what just happened, e.g. ``{"stage": "sqa: round 1/4", "strategy":
+"sqa", "round": 1, "rounds": 4, "labelled": 12, "dice": 0.81}``."""
 
 
 @dataclass
@@ -107,17 +109,20 @@ class _Learner:
     def __init__(self, segmenter: Segmenter, sqa: SQASettings) -> None:
         self.segmenter = segmenter
 
-    def prepare(self, images: np.ndarray, masks: np.ndarray, say: Progress) -> None:
+    @staticmethod
+    def prepare_steps(sqa: SQASettings, config: SegmenterConfig, initial: int) -> int:
+        """Optimiser steps :meth:`prepare` takes on ``initial`` images."""
+        return 0
+
+    def prepare(self, images: np.ndarray, masks: np.ndarray, tick: Progress) -> None:
         """Anything the rule needs after the initial training (SQA: the error branch)."""
 
     def scores(self, images: np.ndarray, rng: np.random.Generator) -> npt.NDArray[np.float64]:
         """Priority of each candidate: higher = label first."""
         raise NotImplementedError
 
-    def fine_tune(self, images: np.ndarray, masks: np.ndarray, steps: int, say: Progress) -> None:
-        self.segmenter.fit(
-            images, masks, steps=steps, on_step=lambda d, t, _l: say("fine-tuning", d, t)
-        )
+    def fine_tune(self, images: np.ndarray, masks: np.ndarray, steps: int, tick: Progress) -> None:
+        self.segmenter.fit(images, masks, steps=steps, progress=tick)
 
 
 class _Random(_Learner):
@@ -143,15 +148,17 @@ class _SQA(_Learner):
             segmenter, folds=sqa.folds, fold_steps=sqa.fold_steps
         )
 
-    def prepare(self, images: np.ndarray, masks: np.ndarray, say: Progress) -> None:
+    @staticmethod
+    def prepare_steps(sqa: SQASettings, config: SegmenterConfig, initial: int) -> int:
+        # every initial image was trained on: each of the k folds trains a fold network
+        fold = config.steps if sqa.fold_steps is None else sqa.fold_steps
+        error = config.steps if sqa.error_steps is None else sqa.error_steps
+        return min(sqa.folds, initial) * fold + error
+
+    def prepare(self, images: np.ndarray, masks: np.ndarray, tick: Progress) -> None:
         # the initial network was trained on these images: records come from k-fold networks
         self.qa.fit(
-            images,
-            masks,
-            steps=self.settings.error_steps,
-            segmentation=False,
-            on_step=lambda d, t, _l: say("SQA error branch", d, t),
-            on_progress=say,
+            images, masks, steps=self.settings.error_steps, progress=tick, segmentation=False
         )
 
     def scores(self, images: np.ndarray, rng: np.random.Generator) -> npt.NDArray[np.float64]:
@@ -168,9 +175,9 @@ class _SQA(_Learner):
             keys = self.settings.power * np.log(priority)
         return np.asarray(keys + rng.gumbel(size=len(priority)), np.float64)
 
-    def fine_tune(self, images: np.ndarray, masks: np.ndarray, steps: int, say: Progress) -> None:
+    def fine_tune(self, images: np.ndarray, masks: np.ndarray, steps: int, tick: Progress) -> None:
         # new images get their error records from the current network before it sees them
-        self.qa.fit(images, masks, steps=steps, on_step=lambda d, t, _l: say("fine-tuning", d, t))
+        self.qa.fit(images, masks, steps=steps, progress=tick)
 
 
 STRATEGIES: dict[str, type[_Learner]] = {"sqa": _SQA, "random": _Random, "mc-dropout": _MCDropout}
@@ -178,6 +185,42 @@ STRATEGIES: dict[str, type[_Learner]] = {"sqa": _SQA, "random": _Random, "mc-dro
 
 def _mean_dice(seg: Segmenter, images: np.ndarray, masks: np.ndarray) -> float:
     return float(np.mean(dice_scores(seg.predict(images), masks)))
+
+
+class _Steps:
+    """One ``progress(done, total)`` over the whole simulation, fed by the sub-tasks."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total, self.done, self.progress = total, 0, progress
+
+    def part(self) -> Progress:
+        """A callback for one sub-task (a ``fit``): its ``done`` counts from here."""
+        start = self.done
+
+        def tick(done: int, _total: int) -> None:
+            self.done = start + done
+            if self.progress is not None:
+                self.progress(min(self.done, self.total), self.total)
+
+        return tick
+
+
+def planned_steps(
+    strategies: tuple[str, ...],
+    *,
+    initial: int,
+    rounds: int,
+    config: SegmenterConfig,
+    finetune_steps: int,
+    sqa: SQASettings | None = None,
+) -> int:
+    """Optimiser steps :func:`simulate_active_learning` takes (the ``total`` it reports)."""
+    settings = sqa or SQASettings()
+    per_strategy = sum(
+        STRATEGIES[name].prepare_steps(settings, config, initial) + rounds * finetune_steps
+        for name in strategies
+    )
+    return config.steps + per_strategy + config.steps + rounds * finetune_steps
 
 
 def simulate_active_learning(
@@ -193,7 +236,8 @@ def simulate_active_learning(
     config: SegmenterConfig,
     finetune_steps: int,
     seed: int = 0,
-    on_progress: Progress | None = None,
+    progress: Progress | None = None,
+    on_log: Log | None = None,
     candidates: int | None = None,
     sqa: SQASettings | None = None,
 ) -> tuple[list[ALResult], float]:
@@ -213,10 +257,15 @@ def simulate_active_learning(
         test_images, test_masks: M×S×S held-out images and masks, only used for Dice.
         strategies: keys of :data:`STRATEGIES`.
         initial, per_round, rounds: labelling schedule.
-        config: network and initial training (``config.seed`` is replaced by ``seed``).
+        config: network and initial training (``config.seed`` is replaced by ``seed``;
+            ``config.device`` already resolved).
         finetune_steps: optimiser steps after each round.
         seed: seeds the initial set, the networks and random selection.
-        on_progress: called with (stage, done, total).
+        progress: ``progress(done, total)`` in optimiser steps over the whole simulation
+            (``total`` = :func:`planned_steps`).
+        on_log: called with a dict after each measured point: ``{"stage": "initial
+            network", "dice"}``, ``{"stage": "<strategy>: round r/R", "strategy", "round",
+            "rounds", "labelled", "dice"}``, ``{"stage": "full pool", "dice"}``.
         candidates: score at most this many unlabelled images per round (None: all).
         sqa: error-branch training of the ``sqa`` strategy (:class:`SQASettings`).
 
@@ -236,29 +285,28 @@ def simulate_active_learning(
         raise ValueError(
             f"initial {initial} + {rounds} rounds × {per_round} exceeds the pool of {n} images"
         )
-    say = on_progress or (lambda *_: None)
+    log = on_log or (lambda _event: None)
     cfg = SegmenterConfig(**{**config.to_dict(), "seed": seed})
+    settings = sqa or SQASettings()
+    steps = _Steps(
+        planned_steps(
+            strategies, initial=initial, rounds=rounds, config=cfg,
+            finetune_steps=finetune_steps, sqa=settings,
+        ),
+        progress,
+    )  # fmt: skip
     rng = np.random.default_rng(seed)
     start = sorted(rng.choice(n, size=initial, replace=False).tolist())
 
-    say("initial training", 0, cfg.steps)
     base = Segmenter(cfg)
-    base.fit(
-        pool_images[start],
-        pool_masks[start],
-        on_step=lambda d, t, _l: say("initial training", d, t),
-    )
+    base.fit(pool_images[start], pool_masks[start], progress=steps.part())
     base_dice = _mean_dice(base, test_images, test_masks)
-    say(f"initial network: Dice {base_dice:.4f}", 1, 1)
+    log({"stage": "initial network", "dice": base_dice})
 
     results: list[ALResult] = []
     for name in strategies:
-        learner = STRATEGIES[name](base.clone(), sqa or SQASettings())
-
-        def tell(stage: str, done: int, total: int, name: str = name) -> None:
-            say(f"{name}: {stage}", done, total)
-
-        learner.prepare(pool_images[start], pool_masks[start], tell)
+        learner = STRATEGIES[name](base.clone(), settings)
+        learner.prepare(pool_images[start], pool_masks[start], steps.part())
         result = ALResult(name, [initial / n], [base_dice], [list(start)], [[]])
         labelled = list(start)
         pick_rng = np.random.default_rng([seed, list(STRATEGIES).index(name), 1])
@@ -267,57 +315,27 @@ def simulate_active_learning(
             free = np.array([i for i in range(n) if i not in chosen])
             if candidates is not None and len(free) > candidates:
                 free = np.sort(pick_rng.choice(free, size=candidates, replace=False))
-            tell(f"round {r + 1}/{rounds}: scoring {len(free)} images", r, rounds)
             priority = learner.scores(pool_images[free], pick_rng)
             top = np.argsort(-priority, kind="stable")[:per_round]
             new = [int(i) for i in free[top]]
             labelled += new
-            learner.fine_tune(pool_images[labelled], pool_masks[labelled], finetune_steps, tell)
+            learner.fine_tune(
+                pool_images[labelled], pool_masks[labelled], finetune_steps, steps.part()
+            )
             result.fractions.append(len(labelled) / n)
             result.dice.append(_mean_dice(learner.segmenter, test_images, test_masks))
             result.labelled.append(new)
             result.scores.append([float(priority[i]) for i in top])
-            tell(f"round {r + 1}/{rounds}: Dice {result.dice[-1]:.4f}", r + 1, rounds)
+            log({"stage": f"{name}: round {r + 1}/{rounds}", "strategy": name, "round": r + 1,
+                 "rounds": rounds, "labelled": len(labelled), "dice": result.dice[-1]})  # fmt: skip
         results.append(result)
 
     total = cfg.steps + rounds * finetune_steps
     full = Segmenter(cfg)
-    full.fit(pool_images, pool_masks, steps=total, on_step=lambda d, t, _l: say("full pool", d, t))
-    return results, _mean_dice(full, test_images, test_masks)
-
-
-def plot_curves(
-    results: list[ALResult], full_dice: float, path: Path, title: str | None = None
-) -> None:
-    """Test Dice vs % of the pool labelled, one line per strategy, with the full-data Dice
-    and 97 % of it as horizontal references; written as a PNG (matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    colours = {"sqa": "#d62828", "random": "#6c757d", "mc-dropout": "#277da1"}
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for res in results:
-        ax.plot(
-            [100 * f for f in res.fractions],
-            res.dice,
-            marker="o",
-            label=res.strategy,
-            color=colours.get(res.strategy),
-        )
-    ax.axhline(full_dice, color="black", lw=1, label=f"full pool ({full_dice:.3f})")
-    ax.axhline(0.97 * full_dice, color="black", lw=1, ls="--", label="97 % of full pool")
-    ax.set_xlabel("% of the pool labelled")
-    ax.set_ylabel("test Dice")
-    ax.set_title(title or "Active learning: Dice vs labelled share")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    full.fit(pool_images, pool_masks, steps=total, progress=steps.part())
+    full_dice = _mean_dice(full, test_images, test_masks)
+    log({"stage": "full pool", "dice": full_dice})
+    return results, full_dice
 
 
 def results_json(results: list[ALResult], full_dice: float) -> str:

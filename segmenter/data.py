@@ -1,21 +1,12 @@
-"""Image–mask pairs on disk → arrays the segmenter trains on (load, gray, resize, tile).
+"""Image–mask arrays → the arrays the segmenter trains on (gray, resize, tile).
 
-Pure numpy + Pillow; no torch, no MONAI. Three folder layouts are read by :func:`load_pairs`:
-
-* generic: ``root/images/<name>.<ext>`` + ``root/masks/<name>.png`` (``medcrowd export`` /
-  ``medcrowd synth`` pairs folders);
-* ISBI 2012 EM: ``root/image/<k>.png`` + ``root/label/<k>.png``. Its labels are 255 = cell
-  interior, 0 = membrane, so pass ``invert_masks=True`` to segment the membranes;
-* DRIVE: ``root/images/<id>_training.tif`` (or ``_test.tif``) + ``root/manual1/<id>_manual1.gif``
-  (or the original name ``1st_manual/``); the field-of-view masks in ``root/mask/`` are read by
-  :func:`load_fov_masks`.
+Pure numpy + Pillow; no torch, no MONAI, no files: reading folders of pairs is the app's
+job (:func:`medcrowd.pairs.load_pairs`, :func:`medcrowd.pairs.binary_arrays`).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -24,9 +15,7 @@ from PIL import Image
 
 __all__ = [
     "GRAY_MODES",
-    "IMAGE_SUFFIXES",
-    "load_fov_masks",
-    "load_pairs",
+    "GrayMode",
     "prepare",
     "resize_pair",
     "tiles",
@@ -36,136 +25,6 @@ __all__ = [
 U8 = npt.NDArray[np.uint8]
 GrayMode = Literal["luminance", "green"]
 GRAY_MODES: tuple[str, ...] = ("luminance", "green")
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif")
-_DRIVE_MANUAL = ("manual1", "1st_manual")
-
-
-def _natural_key(name: str) -> list[int | str]:
-    """Sort key that puts ``2`` before ``10`` (ISBI slices are named 0.png … 29.png)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def _files(folder: Path) -> list[Path]:
-    found = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(found, key=lambda p: _natural_key(p.stem))
-
-
-def _read_image(path: Path) -> np.ndarray:
-    """HW uint8 gray or HWC uint8 RGB (palette/LA/RGBA/16-bit files are converted)."""
-    with Image.open(path) as img:
-        if img.mode in ("L", "RGB"):
-            return np.asarray(img).copy()
-        if img.mode in ("I;16", "I;16B", "I", "F"):
-            return to_gray(np.asarray(img))
-        return np.asarray(img.convert("RGB" if img.mode in ("P", "RGBA", "CMYK") else "L")).copy()
-
-
-def _read_mask(path: Path, invert: bool) -> U8:
-    """Any nonzero pixel (palette index for P-mode GIFs) is foreground; RGB: any channel."""
-    with Image.open(path) as img:
-        arr = np.asarray(img)
-    fg = np.asarray(arr.any(axis=-1) if arr.ndim == 3 else arr != 0, dtype=bool)
-    if invert:
-        fg = ~fg
-    return np.asarray(fg, dtype=np.uint8)
-
-
-def _layout(root: Path) -> tuple[Path, Path, str]:
-    """(image folder, mask folder, layout name) for the first layout that ``root`` matches."""
-    if (root / "images").is_dir():
-        if (root / "masks").is_dir():
-            return root / "images", root / "masks", "generic"
-        for manual in _DRIVE_MANUAL:
-            if (root / manual).is_dir():
-                return root / "images", root / manual, "drive"
-    if (root / "image").is_dir() and (root / "label").is_dir():
-        return root / "image", root / "label", "isbi"
-    raise FileNotFoundError(
-        f"{root} has no known image–mask layout: expected images/ + masks/, image/ + label/ "
-        "(ISBI 2012) or images/ + manual1/ (DRIVE)"
-    )
-
-
-def _drive_id(stem: str) -> str:
-    """``21_training`` / ``01_test`` / ``21_manual1`` / ``21_training_mask`` → ``21`` / ``01``."""
-    return stem.split("_", 1)[0]
-
-
-def load_pairs(
-    root: Path, invert_masks: bool = False
-) -> tuple[list[str], list[np.ndarray], list[U8]]:
-    """Read every image with its mask from ``root`` (layouts in the module docstring).
-
-    Args:
-        root: the folder holding the layout's two sub-folders.
-        invert_masks: foreground = mask pixels that are 0 (ISBI: segment the membranes).
-
-    Returns:
-        ``(names, images, masks)`` in natural name order: names are file stems (DRIVE: the id,
-        ``"21"``); images HW uint8 gray or HWC uint8 RGB as stored; masks HW uint8 {0, 1} of
-        the same HW, any nonzero stored value = 1 (before ``invert_masks``).
-
-    Raises:
-        FileNotFoundError: ``root`` is missing or matches no layout.
-        ValueError: an image without a mask, or an image and mask of different size.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"no data folder at {root}")
-    image_dir, mask_dir, layout = _layout(root)
-    masks_by_key: dict[str, Path] = {}
-    for path in _files(mask_dir):
-        key = _drive_id(path.stem) if layout == "drive" else path.stem
-        masks_by_key.setdefault(key, path)
-    matched: list[tuple[str, Path, Path]] = []
-    missing: list[str] = []
-    for path in _files(image_dir):
-        key = _drive_id(path.stem) if layout == "drive" else path.stem
-        mask_path = masks_by_key.get(key)
-        if mask_path is None:
-            missing.append(path.name)
-        else:
-            matched.append((key, path, mask_path))
-    if missing:
-        shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
-        raise ValueError(
-            f"{len(missing)} image(s) in {image_dir} have no mask in {mask_dir}: {shown}"
-        )
-    names: list[str] = []
-    images: list[np.ndarray] = []
-    masks: list[U8] = []
-    for key, path, mask_path in matched:
-        image = _read_image(path)
-        mask = _read_mask(mask_path, invert_masks)
-        if image.shape[:2] != mask.shape:
-            raise ValueError(
-                f"{path.name} is {image.shape[1]}×{image.shape[0]} but its mask "
-                f"{mask_path.name} is {mask.shape[1]}×{mask.shape[0]}"
-            )
-        names.append(key)
-        images.append(image)
-        masks.append(mask)
-    return names, images, masks
-
-
-def load_fov_masks(root: Path, names: Sequence[str]) -> list[U8]:
-    """DRIVE field-of-view masks (``root/mask/<id>_*mask.gif``) for :func:`load_pairs` names.
-
-    Returns HW uint8 {0, 1} masks, 1 = inside the circular field of view.
-
-    Raises:
-        FileNotFoundError: no ``mask/`` folder or no FOV mask for one of the ids.
-    """
-    folder = Path(root) / "mask"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no field-of-view folder {folder}")
-    by_id = {_drive_id(p.stem): p for p in _files(folder)}
-    out = []
-    for name in names:
-        if name not in by_id:
-            raise FileNotFoundError(f"no field-of-view mask for {name} in {folder}")
-        out.append(_read_mask(by_id[name], invert=False))
-    return out
 
 
 def to_gray(image: np.ndarray, mode: GrayMode = "luminance") -> U8:
@@ -304,11 +163,11 @@ def prepare(
     gray: GrayMode = "luminance",
     stride: int | None = None,
 ) -> tuple[U8, U8]:
-    """Loaded pairs → the N×size×size uint8 gray images and {0, 1} masks a Segmenter trains on.
+    """Image–mask pairs → the N×size×size uint8 gray images and {0, 1} masks a Segmenter trains on.
 
     ``mode="resize"`` squashes each image to one ``size``×``size`` input (:func:`resize_pair`);
     ``mode="tile"`` cuts native-resolution tiles (:func:`tiles`). Use the same ``mode`` and
-    ``gray`` in :class:`segmenter.trainer.SegmenterConfig` (``input_mode``, ``gray``) so that
+    ``gray`` in :class:`segmenter.model.SegmenterConfig` (``input_mode``, ``gray``) so that
     ``predict_image`` sees images the way training did.
     """
     grays = [to_gray(im, gray) for im in images]

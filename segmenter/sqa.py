@@ -19,39 +19,43 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segmenter.trainer import (
+from fusion.metrics import dice_from_counts
+from segmenter.model import (
+    ModelFileError,
+    SegmenterConfig,
+    build_unet,
+    check_state,
+    config_from_state,
+    image_hashes,
+    load_weights,
+    read_model_file,
+    save_model_file,
+)
+from segmenter.trainer import Segmenter
+from segmenter.training import (
     F32,
     U8,
-    ModelFileError,
-    Segmenter,
-    SegmenterConfig,
-    StepCallback,
-    _Augment,
-    _Batches,
-    _check_side,
-    _config_from,
-    _load_file,
-    _load_state,
-    _mask_tensor,
-    _save_file,
-    _seeded,
-    _seeds,
-    _to_tensor,
-    build_unet,
-    image_hashes,
+    Augment,
+    Batches,
+    Progress,
+    check_side,
+    fit_seeds,
+    images_to_tensor,
     lr_at,
+    masks_to_tensor,
+    seeded,
     set_lr,
 )
 
 __all__ = ["ProbabilityAttention", "QualityAssessor", "SQANet", "predicted_dice"]
-
-Progress = Callable[[str, int, int], None]
 
 
 def _boundary(prob: torch.Tensor) -> torch.Tensor:
@@ -224,10 +228,7 @@ def predicted_dice(seg_prob: np.ndarray, error_prob: np.ndarray, threshold: floa
     tp = np.where(m, 1 - e, 0).sum(axes)
     fp = np.where(m, e, 0).sum(axes)
     fn = np.where(m, 0, e).sum(axes)
-    denom = 2 * tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 for an empty, error-free image
-        score = np.where(denom > 0, 2 * tp / denom, 1.0)
-    return score.astype(np.float32)
+    return dice_from_counts(tp, 2 * tp + fp + fn).astype(np.float32)
 
 
 class QualityAssessor:
@@ -265,6 +266,8 @@ class QualityAssessor:
         records_: pixel hash → out-of-sample probability map (H×W uint8, p·255).
         fit_calls_: number of ``fit`` calls.
         error_losses_: error-branch loss per step of the last ``fit``.
+        fold_networks_: out-of-fold networks the last ``fit`` trained (0: every image
+            already had a record or an honest prediction of the segmentation branch).
 
     Example:
         >>> cfg = SegmenterConfig(size=32, channels=(8, 16), steps=4, augment=False)
@@ -296,14 +299,15 @@ class QualityAssessor:
         self.in_channels = segmenter.in_channels
         self.device = segmenter.device
         self.folds = folds
-        with _seeded(self.config.seed + 7919, torch.device("cpu")):
+        with seeded(self.config.seed + 7919, torch.device("cpu")):
             self.net = SQANet(self.config, self.in_channels, seg=segmenter.net).to(self.device)
         self.opt_error = torch.optim.Adam(self.net.error.parameters(), lr=self.config.lr)
         self._loss: nn.Module | None = None
-        self._augment: _Augment | None = None
+        self._augment: Augment | None = None
         self.records_: dict[str, U8] = {}
         self.fit_calls_ = 0
         self.error_losses_: list[float] = []
+        self.fold_networks_ = 0
 
     @classmethod
     def from_segmenter(
@@ -316,45 +320,66 @@ class QualityAssessor:
         return qa
 
     # -- honest error targets -----------------------------------------------------------------
-    def _record_missing(
-        self, images: np.ndarray, masks: np.ndarray, hashes: list[str], say: Progress
-    ) -> None:
+    def _record_plan(self, hashes: list[str]) -> tuple[list[int], list[tuple[int, list[int]]], int]:
+        """Which images lack an error record: ``(fresh, folds, k)`` — ``fresh`` get the current
+        segmentation's prediction; each ``(fold, held)`` of ``folds`` needs a fold network
+        trained on the other folds of ``k``. A function of the current state only."""
         need = [i for i, h in enumerate(hashes) if h not in self.records_]
-        if not need:
-            return
         trained = self.segmenter.steps_ > 0
         fresh = [i for i in need if trained and hashes[i] not in self.segmenter.seen_]
-        if fresh:
-            probs = self.segmenter.predict_proba(images[fresh])
-            for i, p in zip(fresh, probs, strict=True):
-                self.records_[hashes[i]] = _quantise(p)
         oof = [i for i in need if i not in set(fresh)]
         if not oof:
-            return
-        n = len(images)
+            return fresh, [], 0
+        n = len(hashes)
         if n < 2:
             raise ValueError(
                 "out-of-fold error targets need at least 2 training images (got 1): an image's "
                 "errors must come from a network that was not trained on it"
             )
         k = min(self.folds, n)
-        order = np.random.default_rng(_seeds(self.config.seed, 10_000 + self.fit_calls_, 1)[0])
+        fold_of = self._fold_of(n, k)
+        folds = [(f, [i for i in oof if fold_of[i] == f]) for f in range(k)]
+        return fresh, [(f, held) for f, held in folds if held], k
+
+    def _fold_of(self, n: int, k: int) -> npt.NDArray[np.int_]:
+        order = np.random.default_rng(fit_seeds(self.config.seed, 10_000 + self.fit_calls_, 1)[0])
         fold_of = np.empty(n, int)
         fold_of[order.permutation(n)] = np.arange(n) % k
-        for f in range(k):
-            held = [i for i in oof if fold_of[i] == f]
-            if not held:
-                continue
+        return fold_of
+
+    def _fold_steps(self) -> int:
+        return self.config.steps if self.fold_steps is None else self.fold_steps
+
+    def planned_steps(self, images: np.ndarray, steps: int | None = None) -> int:
+        """Optimiser steps :meth:`fit` (``images``, ``steps``) would take now: those of the
+        out-of-fold networks it has to train plus its own — the ``total`` it reports."""
+        _, folds, _ = self._record_plan(image_hashes(np.asarray(images)))
+        return len(folds) * self._fold_steps() + (self.config.steps if steps is None else steps)
+
+    def _record_missing(
+        self, images: np.ndarray, masks: np.ndarray, hashes: list[str], tick: Callable[[int], None]
+    ) -> None:
+        fresh, folds, k = self._record_plan(hashes)
+        self.fold_networks_ = len(folds)
+        if fresh:
+            probs = self.segmenter.predict_proba(images[fresh])
+            for i, p in zip(fresh, probs, strict=True):
+                self.records_[hashes[i]] = _quantise(p)
+        if not folds:
+            return
+        fold_of = self._fold_of(len(images), k)
+        fold_steps = self._fold_steps()
+        for done_folds, (f, held) in enumerate(folds):
             rest = np.flatnonzero(fold_of != f)
             cfg = copy.deepcopy(self.config)
-            cfg.seed = _seeds(self.config.seed, 20_000 + 100 * self.fit_calls_ + f, 1)[0] % 2**31
+            cfg.seed = fit_seeds(self.config.seed, 20_000 + 100 * self.fit_calls_ + f, 1)[0] % 2**31
             fold_net = Segmenter(cfg, self.in_channels)
-            stage = f"out-of-fold network {f + 1}/{k}"
+            offset = done_folds * fold_steps
 
-            def tick(done: int, total: int, _loss: float, stage: str = stage) -> None:
-                say(stage, done, total)
+            def fold_tick(done: int, _total: int, offset: int = offset) -> None:
+                tick(offset + done)
 
-            fold_net.fit(images[rest], masks[rest], steps=self.fold_steps, on_step=tick)
+            fold_net.fit(images[rest], masks[rest], steps=self.fold_steps, progress=fold_tick)
             for i, p in zip(held, fold_net.predict_proba(images[held]), strict=True):
                 self.records_[hashes[i]] = _quantise(p)
 
@@ -371,26 +396,26 @@ class QualityAssessor:
         images: np.ndarray,
         masks: np.ndarray,
         steps: int | None = None,
-        on_step: StepCallback | None = None,
+        progress: Progress | None = None,
         *,
         segmentation: bool = True,
-        on_progress: Progress | None = None,
     ) -> list[float]:
         """Train both branches on N×H×W uint8 ``images`` and {0, 1} ``masks``.
 
         Args:
             steps: optimiser steps of this call (default ``config.steps``).
-            on_step: called with (step, steps, loss) for the joint steps.
+            progress: ``progress(done, total)`` after every optimiser step: first those of
+                the out-of-fold networks this call trains (``fold_networks_`` of them), then
+                the joint steps; ``total`` = :meth:`planned_steps`.
             segmentation: False trains only the error branch (the segmentation branch, e.g.
                 one taken over with :meth:`from_segmenter`, stays as it is).
-            on_progress: called with (stage, done, total) while out-of-fold networks train.
 
         Returns:
             Per step: segmentation loss + error loss (``error_losses_`` has the error part).
         """
-        x = _to_tensor(images, self.in_channels)
-        y = _mask_tensor(masks, x)
-        _check_side(x, self.config.divisor)
+        x = images_to_tensor(images, self.in_channels)
+        y = masks_to_tensor(masks, x)
+        check_side(x, self.config.divisor)
         if len(x) == 0:
             raise ValueError("fit needs at least one image")
         n_steps = self.config.steps if steps is None else int(steps)
@@ -399,23 +424,31 @@ class QualityAssessor:
         images = np.asarray(images)
         masks = np.asarray(masks)
         hashes = image_hashes(images)
-        self._record_missing(images, masks, hashes, on_progress or (lambda *_: None))
+        _, folds, _ = self._record_plan(hashes)
+        offset = len(folds) * self._fold_steps()
+        total = offset + n_steps
+
+        def tick(done: int) -> None:
+            if progress is not None:
+                progress(done, total)
+
+        self._record_missing(images, masks, hashes, tick)
         recorded = np.stack([self.records_[h] for h in hashes])
         prob = torch.from_numpy(recorded.astype(np.float32) / 255.0)[:, None]
 
-        torch_seed, aug_seed, batch_seed = _seeds(self.config.seed + 1, self.fit_calls_, 3)
-        batches = _Batches(len(x), self.config.batch_size, np.random.default_rng(batch_seed))
+        torch_seed, aug_seed, batch_seed = fit_seeds(self.config.seed + 1, self.fit_calls_, 3)
+        batches = Batches(len(x), self.config.batch_size, np.random.default_rng(batch_seed))
         augment = None
         if self.config.augment:
             if self._augment is None:
-                self._augment = _Augment(["image", "label", "prob"])
+                self._augment = Augment(["image", "label", "prob"])
             self._augment.reseed(aug_seed)
             augment = self._augment
         loss_fn = self._error_loss()
         thr = self.config.threshold
         losses: list[float] = []
         self.error_losses_ = []
-        with _seeded(torch_seed, self.device):
+        with seeded(torch_seed, self.device):
             for step in range(n_steps):
                 idx = batches.next()
                 batch = {"image": x[idx], "label": y[idx], "prob": prob[idx]}
@@ -437,8 +470,7 @@ class QualityAssessor:
                 self.opt_error.step()
                 self.error_losses_.append(float(err_loss.detach()))
                 losses.append(seg_loss + self.error_losses_[-1])
-                if on_step is not None:
-                    on_step(step + 1, n_steps, losses[-1])
+                tick(offset + step + 1)
         if segmentation:
             self.segmenter.steps_ += n_steps
             self.segmenter.fit_calls_ += 1
@@ -465,8 +497,8 @@ class QualityAssessor:
     def predict(self, images: np.ndarray, batch_size: int = 16) -> tuple[F32, F32, F32]:
         """For N×H×W uint8 ``images``: segmentation probability N×H×W, error probability
         N×H×W (float32) and the quality score (N,) float32 = :func:`predicted_dice`."""
-        x = _to_tensor(images, self.in_channels)
-        _check_side(x, self.config.divisor)
+        x = images_to_tensor(images, self.in_channels)
+        check_side(x, self.config.divisor)
         seg, err = self._maps(x, batch_size)
         seg_np, err_np = seg.numpy().astype(np.float32), err.numpy().astype(np.float32)
         return seg_np, err_np, predicted_dice(seg_np, err_np, self.config.threshold)
@@ -478,14 +510,14 @@ class QualityAssessor:
         :meth:`Segmenter.predict_image_proba`); the score is :func:`predicted_dice` of the
         full-size maps; error map = error probability ≥ 0.5.
         """
-        arr = self.segmenter._image_input(image)
+        arr = self.segmenter.image_input(image)
         h, w = arr.shape[:2]
         size = self.config.size
         if self.config.input_mode == "resize":
             from PIL import Image
 
             small = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
-            seg_t, err_t = self._maps(_to_tensor(small[None], self.in_channels))
+            seg_t, err_t = self._maps(images_to_tensor(small[None], self.in_channels))
             maps = [seg_t[0].numpy(), err_t[0].numpy()]
             if (h, w) != (size, size):
                 maps = [
@@ -501,7 +533,7 @@ class QualityAssessor:
         else:
             from monai.inferers import sliding_window_inference
 
-            x = _to_tensor(arr[None], self.in_channels).to(self.device)
+            x = images_to_tensor(arr[None], self.in_channels).to(self.device)
 
             def run(window: torch.Tensor) -> torch.Tensor:
                 seg_logits, err_logits = self.net(window)
@@ -520,20 +552,23 @@ class QualityAssessor:
         return mask, (err >= 0.5).astype(np.uint8), score
 
     # -- persistence --------------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        """One file: both branches, optimisers, config, counters and the error records."""
-        payload = self.segmenter._payload()
+    def state_dict(self) -> dict[str, Any]:
+        """Both branches, optimisers, config, counters and the error records as a plain dict
+        (the segmentation branch's :meth:`Segmenter.state_dict` plus the error part)."""
+        state = self.segmenter.state_dict()
         keys = sorted(self.records_)
         records = (
             torch.from_numpy(np.stack([self.records_[k] for k in keys]))
             if keys
             else torch.zeros((0, 0, 0), dtype=torch.uint8)
         )
-        payload.update(
+        state.update(
             {
                 "kind": self.kind,
-                "error": {k: v.cpu() for k, v in self.net.error.state_dict().items()},
-                "error_optimizer": self.opt_error.state_dict(),
+                "error": {
+                    k: v.detach().cpu().clone() for k, v in self.net.error.state_dict().items()
+                },
+                "error_optimizer": copy.deepcopy(self.opt_error.state_dict()),
                 "folds": self.folds,
                 "fold_steps": self.fold_steps,
                 "qa_fit_calls": self.fit_calls_,
@@ -541,45 +576,63 @@ class QualityAssessor:
                 "records": records,
             }
         )
-        _save_file(path, payload)
+        return state
 
     @classmethod
-    def load(cls, path: Path, device: str = "auto") -> QualityAssessor:
-        """Rebuild an assessor saved by :meth:`save`, on ``device``.
+    def from_state(
+        cls,
+        state: dict[str, Any],
+        device: str | torch.device = "cpu",
+        source: str = "the model state",
+    ) -> QualityAssessor:
+        """Rebuild an assessor from :meth:`state_dict` on an already resolved ``device``.
+
+        Raises:
+            ModelFileError (a ValueError): not a medcrowd QualityAssessor state, or weights
+                that do not fit the stored config (``source`` names it in the message).
+        """
+        check_state(state, cls.kind, source)
+        config = config_from_state(state, device, source)
+        try:
+            qa = cls(
+                config,
+                in_channels=int(state.get("in_channels", 1)),
+                folds=int(state["folds"]),
+                fold_steps=state.get("fold_steps"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{source} has incompatible assessor settings: {exc}") from None
+        qa.segmenter.restore_state(state, source)
+        load_weights(qa.net.error, state.get("error"), "error-branch", source)
+        if "error_optimizer" in state:
+            try:
+                qa.opt_error.load_state_dict(state["error_optimizer"])
+            except (ValueError, KeyError):
+                pass  # fine-tuning then starts with a fresh optimiser
+        qa.fit_calls_ = int(state.get("qa_fit_calls", 0))
+        keys = list(state.get("record_keys", []))
+        records = state.get("records")
+        if keys:
+            if not isinstance(records, torch.Tensor) or len(records) != len(keys):
+                raise ModelFileError(f"{source}: the error records are damaged")
+            for key, rec in zip(keys, records, strict=True):
+                qa.records_[str(key)] = rec.numpy().astype(np.uint8)
+        return qa
+
+    def save(self, path: Path) -> None:
+        """Write :meth:`state_dict` to one file (atomic replace)."""
+        save_model_file(path, self.state_dict())
+
+    @classmethod
+    def load(cls, path: Path, device: str | torch.device = "cpu") -> QualityAssessor:
+        """Rebuild an assessor saved by :meth:`save`, on an already resolved ``device``.
 
         Raises:
             FileNotFoundError: no file at ``path``.
             ModelFileError (a ValueError): not a readable medcrowd QualityAssessor file, or
                 weights that do not fit the stored config.
         """
-        path = Path(path)
-        payload = _load_file(path, cls.kind)
-        config = _config_from(payload, path, device)
-        try:
-            qa = cls(
-                config,
-                in_channels=int(payload.get("in_channels", 1)),
-                folds=int(payload["folds"]),
-                fold_steps=payload.get("fold_steps"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{path} has incompatible assessor settings: {exc}") from None
-        qa.segmenter._restore(payload, path)
-        _load_state(qa.net.error, payload.get("error"), path, "error-branch")
-        if "error_optimizer" in payload:
-            try:
-                qa.opt_error.load_state_dict(payload["error_optimizer"])
-            except (ValueError, KeyError):
-                pass  # fine-tuning then starts with a fresh optimiser
-        qa.fit_calls_ = int(payload.get("qa_fit_calls", 0))
-        keys = list(payload.get("record_keys", []))
-        records = payload.get("records")
-        if keys:
-            if not isinstance(records, torch.Tensor) or len(records) != len(keys):
-                raise ModelFileError(f"{path}: the error records are damaged")
-            for key, rec in zip(keys, records, strict=True):
-                qa.records_[str(key)] = rec.numpy().astype(np.uint8)
-        return qa
+        return cls.from_state(read_model_file(path), device, str(path))
 
 
 def _quantise(prob: np.ndarray) -> U8:

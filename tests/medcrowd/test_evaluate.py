@@ -52,16 +52,20 @@ OPTS = dict(size=64, steps=30, channels=(8, 16, 32), synth_steps=20, synth_ngf=8
 
 
 @pytest.fixture(scope="module")
-def two_seeds(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, list[str]]:
+def two_seeds(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
     out = tmp_path_factory.mktemp("evaluate")
     options = EvaluateOptions(seeds=(0, 1), **OPTS)  # type: ignore[arg-type]
-    stages: list[str] = []
-    report = evaluate(tiny, out, options, progress=lambda s, d, t: stages.append(s))
-    return out, report, stages
+    events: list[dict[str, Any]] = []
+    ticks: list[tuple[int, int]] = []
+    report = evaluate(
+        tiny, out, options, progress=lambda d, t: ticks.append((d, t)), on_log=events.append
+    )
+    return out, report, (events, ticks)
 
 
-def test_four_arms_two_seeds(two_seeds: tuple[Path, Any, list[str]]) -> None:
-    tmp_path, report, stages = two_seeds
+def test_four_arms_two_seeds(two_seeds: tuple[Path, Any, Any]) -> None:
+    tmp_path, report, (events, ticks) = two_seeds
+    stages = [e["stage"] for e in events]
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert [(r["arm"], r["seed"]) for r in rows] == [
         (arm, str(seed)) for seed in (0, 1) for arm in ("expert", "crowd", "synthetic", "ceiling")
@@ -86,9 +90,18 @@ def test_four_arms_two_seeds(two_seeds: tuple[Path, Any, list[str]]) -> None:
         assert title in table
     assert report.table == table
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert any("pix2pix" in s for s in stages) and any("training on" in s for s in stages)
-    # std over two seeds is a real spread, not a constant
-    assert summary["arms"]["expert"]["dice"]["std"] is not None
+    assert "seed 0: training pix2pix" in stages and "seed 1: training pix2pix" in stages
+    assert [e["row"] for e in events if "row" in e] == report.rows
+    # one progress count over every optimiser step: per seed pix2pix + four networks
+    total = 2 * (OPTS["synth_steps"] + 4 * OPTS["steps"])  # type: ignore[operator]
+    assert ticks == [(d, total) for d in range(1, total + 1)]
+    # the reported spread is the population std of the per-seed rows, and the seeds differ
+    for arm in ("expert", "crowd", "synthetic", "ceiling"):
+        per_seed = [float(r["dice"]) for r in rows if r["arm"] == arm]
+        stat = summary["arms"][arm]["dice"]
+        assert stat["mean"] == pytest.approx(np.mean(per_seed))
+        assert stat["std"] == pytest.approx(np.std(per_seed))
+    assert summary["arms"]["expert"]["dice"]["std"] > 0
 
 
 def test_same_seed_same_numbers(tiny: Path, tmp_path: Path) -> None:
@@ -99,7 +112,7 @@ def test_same_seed_same_numbers(tiny: Path, tmp_path: Path) -> None:
 
 
 def test_crowd_folder_with_a_test_image_is_refused(
-    tiny: Path, tmp_path: Path, two_seeds: tuple[Path, Any, list[str]]
+    tiny: Path, tmp_path: Path, two_seeds: tuple[Path, Any, Any]
 ) -> None:
     options = EvaluateOptions(seeds=(0,), **OPTS)  # type: ignore[arg-type]
     leaked = two_seeds[1].summary["test_images"][0]

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import pytest
-from PIL import Image
 
 from segmenter.active import (
     ALResult,
     SQASettings,
-    plot_curves,
+    planned_steps,
     results_json,
     simulate_active_learning,
 )
-from segmenter.trainer import SegmenterConfig
+from segmenter.model import SegmenterConfig
 from tests.helpers import DiskFactory
 
 CFG = SegmenterConfig(size=32, channels=(8, 16, 32), steps=20, res_units=1, lr=3e-3)
 
 
-def test_two_rounds_well_formed_curves(tmp_path: Path, disks: DiskFactory) -> None:
+def test_two_rounds_well_formed_curves(disks: DiskFactory) -> None:
     pool_x, pool_y = disks(24, seed=0)
     test_x, test_y = disks(8, seed=5)
-    stages: list[str] = []
+    ticks: list[tuple[int, int]] = []
+    events: list[dict[str, Any]] = []
     kwargs = {
         "initial": 4,
         "per_round": 3,
@@ -33,8 +33,9 @@ def test_two_rounds_well_formed_curves(tmp_path: Path, disks: DiskFactory) -> No
         "seed": 3,
     }
     results, full = simulate_active_learning(
-        pool_x, pool_y, test_x, test_y, on_progress=lambda s, d, t: stages.append(s), **kwargs
-    )
+        pool_x, pool_y, test_x, test_y, progress=lambda d, t: ticks.append((d, t)),
+        on_log=events.append, **kwargs,
+    )  # fmt: skip
     assert [r.strategy for r in results] == ["sqa", "random", "mc-dropout"]
     assert 0.0 <= full <= 1.0
     for res in results:
@@ -50,18 +51,23 @@ def test_two_rounds_well_formed_curves(tmp_path: Path, disks: DiskFactory) -> No
     # the selected images come in priority order (power sampling: Gumbel-perturbed keys)
     sqa = results[0]
     assert all(s == sorted(s, reverse=True) for s in sqa.scores[1:])
-    assert any(s.startswith("sqa: out-of-fold network") for s in stages)
-    assert "full pool" in stages
+    # one progress count over every optimiser step: initial 20, sqa 3 folds × 20 + 20 error
+    # steps, 2 × 10 fine-tuning per strategy, full pool 20 + 2 × 10
+    total = 20 + (3 * 20 + 20) + 3 * 2 * 10 + 40
+    assert total == planned_steps(("sqa", "random", "mc-dropout"), initial=4, rounds=2,
+                                  config=CFG, finetune_steps=10)  # fmt: skip
+    assert ticks == [(d, total) for d in range(1, total + 1)]
+    stages = [e["stage"] for e in events]
+    assert stages[0] == "initial network" and stages[-1] == "full pool"
+    assert stages[1:-1] == [f"{s}: round {r}/2" for s in ("sqa", "random", "mc-dropout")
+                            for r in (1, 2)]  # fmt: skip
+    assert [e["dice"] for e in events[1:3]] == results[0].dice[1:]
+    assert events[-1]["dice"] == full
     # seeded: random selection repeats exactly
     again, _ = simulate_active_learning(
         pool_x, pool_y, test_x, test_y, strategies=("random",), **kwargs
     )
     assert again[0].labelled == results[1].labelled and again[0].dice == results[1].dice
-
-    png = tmp_path / "curves" / "al.png"
-    plot_curves(results, full, png)
-    with Image.open(png) as img:
-        assert img.format == "PNG" and img.size[0] > 300
     assert '"full_dice"' in results_json(results, full)
 
 

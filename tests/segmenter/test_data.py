@@ -1,58 +1,14 @@
-"""segmenter.data: folder layouts, gray conversion, resizing, tiling (tiny arrays + real data)."""
+"""segmenter.data: gray conversion, resizing, tiling, prepare (tiny arrays with known answers).
+
+Reading folders of pairs is medcrowd.pairs' job (tests/medcrowd/test_pairs.py).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
 
-from segmenter.data import load_fov_masks, load_pairs, prepare, resize_pair, tiles, to_gray
-from tests.helpers import shared_data_dir
-
-
-def _write(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-
-
-def test_load_pairs_generic_layout_natural_order_and_binary_masks(tmp_path: Path) -> None:
-    for i in (10, 2, 1):
-        _write(tmp_path / "images" / f"{i}.png", np.full((6, 5, 3), i, np.uint8))
-        mask = np.zeros((6, 5), np.uint8)
-        mask[i % 6, :] = 7  # any nonzero value is foreground
-        _write(tmp_path / "masks" / f"{i}.png", mask)
-    names, images, masks = load_pairs(tmp_path)
-    assert names == ["1", "2", "10"]  # natural order, not "1", "10", "2"
-    assert images[2].shape == (6, 5, 3) and images[2].dtype == np.uint8
-    assert int(images[2][0, 0, 0]) == 10
-    assert all(m.dtype == np.uint8 and set(np.unique(m)) == {0, 1} for m in masks)
-    assert masks[1][2].all() and masks[1].sum() == 5
-    _, _, inverted = load_pairs(tmp_path, invert_masks=True)
-    np.testing.assert_array_equal(inverted[0], 1 - masks[0])
-
-
-def test_load_pairs_isbi_layout(tmp_path: Path) -> None:
-    _write(tmp_path / "image" / "0.png", np.zeros((4, 4), np.uint8))
-    _write(tmp_path / "label" / "0.png", np.full((4, 4), 255, np.uint8))
-    names, images, masks = load_pairs(tmp_path, invert_masks=True)
-    assert names == ["0"] and images[0].shape == (4, 4) and masks[0].sum() == 0
-
-
-def test_load_pairs_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no data folder"):
-        load_pairs(tmp_path / "absent")
-    with pytest.raises(FileNotFoundError, match="no known image–mask layout"):
-        load_pairs(tmp_path)
-    _write(tmp_path / "images" / "a.png", np.zeros((4, 4), np.uint8))
-    _write(tmp_path / "images" / "b.png", np.zeros((4, 4), np.uint8))
-    _write(tmp_path / "masks" / "a.png", np.zeros((4, 5), np.uint8))
-    with pytest.raises(ValueError, match=r"1 image\(s\) .* have no mask.*b\.png"):
-        load_pairs(tmp_path)
-    _write(tmp_path / "masks" / "b.png", np.zeros((4, 4), np.uint8))
-    with pytest.raises(ValueError, match=r"a\.png is 4×4 but its mask a\.png is 5×4"):
-        load_pairs(tmp_path)
+from segmenter.data import prepare, resize_pair, tiles, to_gray
 
 
 def test_to_gray() -> None:
@@ -119,24 +75,3 @@ def test_prepare_modes() -> None:
     assert x.shape == (2 * 2 + 2 * 2, 32, 32) and y[:4].all() and not y[4:].any()
     with pytest.raises(ValueError, match="unknown mode"):
         prepare(images, masks, 32, mode="crop")  # type: ignore[arg-type]
-
-
-def test_real_isbi_and_drive_layouts() -> None:
-    root = shared_data_dir()
-    isbi, drive = root / "isbi2012_em" / "train", root / "drive" / "train"
-    if not isbi.is_dir() or not drive.is_dir():
-        pytest.skip(f"real data not found under {root} (set MEDCROWD_SHARED_DATA)")
-    names, images, masks = load_pairs(isbi, invert_masks=True)
-    assert len(names) == 30 and names[:3] == ["0", "1", "2"]
-    assert all(im.shape == (512, 512) and im.dtype == np.uint8 for im in images)
-    membrane = [float(m.mean()) for m in masks]  # README: interior (255) covers 73–83 %
-    assert 0.16 < min(membrane) and max(membrane) < 0.28
-    names, images, masks = load_pairs(drive)
-    assert len(names) == 20 and names[0] == "21"
-    assert images[0].shape == (584, 565, 3)
-    vessels = [float(m.mean()) for m in masks]  # README: 0.060–0.116
-    assert 0.059 < min(vessels) and max(vessels) < 0.117
-    fov = load_fov_masks(drive, names)
-    assert len(fov) == 20 and fov[0].shape == (584, 565) and 0.6 < fov[0].mean() < 0.8
-    inside = sum(int((m & f).sum()) for m, f in zip(masks, fov, strict=True))
-    assert inside / sum(int(m.sum()) for m in masks) > 0.99  # vessels lie in the FOV

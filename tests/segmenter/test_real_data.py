@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segmenter.data import load_pairs, prepare
+from medcrowd.pairs import binary_arrays, load_pairs
+from segmenter.data import prepare
 from segmenter.metrics import dice_scores
+from segmenter.model import SegmenterConfig
 from segmenter.sqa import QualityAssessor
-from segmenter.trainer import Segmenter, SegmenterConfig
+from segmenter.trainer import Segmenter
 from tests.helpers import shared_data_dir
 
 
@@ -24,7 +26,7 @@ def test_isbi_membranes_smoke() -> None:
     root = shared_data_dir() / "isbi2012_em" / "train"
     if not root.is_dir():
         pytest.skip(f"ISBI 2012 data not found at {root} (set MEDCROWD_SHARED_DATA)")
-    _, images, masks = load_pairs(root, invert_masks=True)  # 1 = membrane (README)
+    _, images, masks = binary_arrays(load_pairs(root, invert_masks=True))  # 1 = membrane
     images = [_half(im) for im in images]  # 256×256: faster, membranes still 2–4 px wide
     masks = [_half(m, nearest=True) for m in masks]
     x, y = prepare(images[:4], masks[:4], 64, mode="tile")  # 4 slices → 64 tiles

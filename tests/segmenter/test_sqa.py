@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from segmenter.metrics import dice_scores
+from segmenter.model import ModelFileError, SegmenterConfig, image_hashes
 from segmenter.sqa import ProbabilityAttention, QualityAssessor, SQANet, predicted_dice
-from segmenter.trainer import ModelFileError, Segmenter, SegmenterConfig
+from segmenter.trainer import Segmenter
 
 CFG = SegmenterConfig(
     size=32, channels=(8, 16, 32), steps=60, res_units=1, lr=3e-3, schedule="constant"
@@ -84,23 +85,26 @@ def test_error_targets_are_out_of_sample() -> None:
     seg = Segmenter(CFG)
     seg.fit(x[:8], y[:8], steps=40)
     qa = QualityAssessor.from_segmenter(seg, folds=2)
-    calls: list[str] = []
-    qa.fit(x, y, steps=2, on_progress=lambda stage, d, t: calls.append(stage))
-    # the 8 seen images got k-fold records (two fold networks trained), the 4 unseen ones
-    # the segmentation branch's prediction from *before* this fit trained on them
-    assert {c for c in calls} == {"out-of-fold network 1/2", "out-of-fold network 2/2"}
+    calls: list[tuple[int, int]] = []
+    planned = qa.planned_steps(x, steps=2)
+    qa.fit(x, y, steps=2, progress=lambda d, t: calls.append((d, t)))
+    # the 8 seen images got k-fold records (two fold networks of CFG.steps each trained),
+    # the 4 unseen ones the segmentation branch's prediction from *before* this fit
+    assert qa.fold_networks_ == 2
+    assert planned == 2 * CFG.steps + 2
+    assert calls == [(d, planned) for d in range(1, planned + 1)]  # one count, all work
     assert len(qa.records_) == 12
     hashes = list(qa.records_)
     assert set(hashes) == set(seg.seen_)  # now all seen
     before = Segmenter(CFG)
     before.fit(x[:8], y[:8], steps=40)  # same seed → same network as seg before qa.fit
     expected = np.clip(np.rint(before.predict_proba(x[8:]) * 255), 0, 255).astype(np.uint8)
-    from segmenter.trainer import image_hashes
-
     for h, want in zip(image_hashes(x[8:]), expected, strict=True):
         np.testing.assert_array_equal(qa.records_[h], want)
     steps = seg.steps_
+    assert qa.planned_steps(x, steps=3) == 3
     qa.fit(x, y, steps=3)  # all recorded: no fold networks again
+    assert qa.fold_networks_ == 0
     assert seg.steps_ == steps + 3 and len(qa.records_) == 12
     with pytest.raises(ValueError, match="at least 2 training images"):
         QualityAssessor(CFG).fit(x[:1], y[:1], steps=1)
@@ -130,3 +134,8 @@ def test_save_load_predict_image_and_errors(tmp_path: Path) -> None:
         QualityAssessor.load(seg_path)
     with pytest.raises(FileNotFoundError):
         QualityAssessor.load(tmp_path / "absent.pt")
+    state = qa.state_dict()  # the same state without a file
+    for a, b in zip(qa.predict(x), QualityAssessor.from_state(state).predict(x), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ModelFileError, match="error records are damaged"):
+        QualityAssessor.from_state({**state, "records": state["records"][:1]})

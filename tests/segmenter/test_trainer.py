@@ -1,4 +1,5 @@
-"""segmenter.trainer: shapes, determinism, learning a bright-disk task, fine-tuning, files."""
+"""segmenter.trainer / segmenter.model: shapes, determinism, learning a bright-disk task,
+fine-tuning, state and files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 import torch
 
 from segmenter.metrics import dice_scores
-from segmenter.trainer import ModelFileError, Segmenter, SegmenterConfig, lr_at
+from segmenter.model import ModelFileError, SegmenterConfig, torch_device
+from segmenter.trainer import Segmenter
+from segmenter.training import lr_at
 from tests.helpers import DiskFactory
 
 TINY = SegmenterConfig(size=32, channels=(8, 16, 32), steps=5, res_units=1, batch_size=4)
@@ -31,10 +34,22 @@ def test_config_validation() -> None:
         Segmenter(_tiny(input_mode="crop"))
     with pytest.raises(ValueError, match="invalid device"):
         Segmenter(_tiny(device="gpu0"))
+    with pytest.raises(ValueError, match="'auto' must be resolved by the caller"):
+        Segmenter(_tiny(device="auto"))  # the app resolves it (ml_backend.device)
     with pytest.raises(ValueError, match="in_channels"):
         Segmenter(TINY, in_channels=2)
     with pytest.raises(ValueError, match="schedule"):
         _tiny(schedule="step").check()
+
+
+def test_device_is_taken_as_resolved() -> None:
+    assert torch_device("cpu") == torch.device("cpu")
+    assert torch_device(torch.device("cpu")) == torch.device("cpu")
+    assert _tiny(device=torch.device("cpu")).device == "cpu"
+    assert Segmenter(_tiny(device=torch.device("cpu"))).device == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            torch_device("cuda:0")
 
 
 def test_learning_rate_schedules() -> None:
@@ -92,8 +107,8 @@ def test_learns_bright_disks_and_fine_tunes(disks: DiskFactory) -> None:
     seg = Segmenter(_tiny(steps=250, batch_size=8, lr=3e-3))
     first = Segmenter(_tiny(steps=250, batch_size=8, lr=3e-3)).predict(xt)
     calls: list[tuple[int, int]] = []
-    losses = seg.fit(x, y, on_step=lambda done, total, _loss: calls.append((done, total)))
-    assert calls[0] == (1, 250) and calls[-1] == (250, 250)
+    losses = seg.fit(x, y, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(d, 250) for d in range(1, 251)] and len(losses) == 250
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
     dice = dice_scores(seg.predict(xt), yt)
     assert dice.mean() > 0.9, dice
@@ -115,6 +130,21 @@ def test_save_load_round_trip_and_resume(tmp_path: Path, disks: DiskFactory) -> 
     np.testing.assert_array_equal(loaded.mc_dropout(x)[1], seg.mc_dropout(x)[1])
     # training after loading continues exactly like the original would (optimiser, seeds)
     assert loaded.fit(x, y, steps=3) == seg.fit(x, y, steps=3)
+
+
+def test_state_dict_round_trip_in_memory(disks: DiskFactory) -> None:
+    x, y = disks(8)
+    seg = Segmenter(_tiny())
+    seg.fit(x, y)
+    state = seg.state_dict()
+    assert state["kind"] == "Segmenter" and state["steps"] == 5
+    again = Segmenter.from_state(state, device="cpu")
+    np.testing.assert_array_equal(again.predict_proba(x), seg.predict_proba(x))
+    assert again.fit(x, y, steps=2) == seg.fit(x, y, steps=2)
+    with pytest.raises(ModelFileError, match="my state is not a medcrowd segmenter model"):
+        Segmenter.from_state({"weights": 1}, source="my state")
+    with pytest.raises(ModelFileError, match="has file version 99"):
+        Segmenter.from_state({**state, "version": 99})
 
 
 def test_load_errors_are_clear(tmp_path: Path, disks: DiskFactory) -> None:
