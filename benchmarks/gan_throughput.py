@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from gan import DeformedMaskGenerator, Pix2PixConfig, Pix2PixTrainer, masks_to_onehot
+from ml_backend.device import resolve_device
 
 
 def _measure(size: int, ngf: int, steps: int, pairs: int, batch: int, device: str) -> dict:
@@ -72,12 +73,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     rows = [
-        _measure(args.size, ngf, args.steps, args.pairs, args.batch, args.device)
+        _measure(args.size, ngf, args.steps, args.pairs, args.batch, device)
         for ngf in (args.ngf, args.light_ngf)
     ]
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, device {args.device}")  # fmt: skip
+          f"{torch.get_num_threads()} threads, device {device}")  # fmt: skip
     print(f"{'size':>5} {'ngf':>4} {'G params (M)':>12} {'train steps/s':>14} {'pairs/s':>8}")
     for r in rows:
         print(

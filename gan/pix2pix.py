@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ __all__ = [
     "Batch",
     "Pix2PixConfig",
     "Pix2PixTrainer",
+    "batch_at",
     "images_to_tensor",
     "masks_to_onehot",
     "tensor_to_images",
@@ -46,7 +46,9 @@ class Pix2PixConfig:
         lr, beta1, beta2: Adam (2e-4, 0.5, 0.999) for both networks.
         dropout: generator decoder dropout (0.5).
         init_gain: std of the N(0, σ) weight init (0.02).
-        device: "auto" (CUDA when present), "cpu" or "cuda".
+        device: an already resolved device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a
+            ``torch.device`` (kept as its string). ``"auto"`` is refused: the app resolves it
+            (``ml_backend.device.resolve_device``).
         amp: mixed precision (float16 autocast + GradScaler), used on CUDA only.
         seed: seeds init, dropout and everything this trainer draws.
     """
@@ -66,11 +68,14 @@ class Pix2PixConfig:
     beta2: float = 0.999
     dropout: float = 0.5
     init_gain: float = 0.02
-    device: str = "auto"
+    device: str | torch.device = "cpu"
     amp: bool = True
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form metadata saved with the checkpoint (label values, data source …)."""
+
+    def __post_init__(self) -> None:
+        self.device = str(self.device)  # a torch.device is kept as its name
 
     def validate(self) -> None:
         if not 64 <= self.image_size <= 512:
@@ -85,6 +90,11 @@ class Pix2PixConfig:
         if self.discriminator not in DISCRIMINATORS:
             raise ValueError(
                 f"unknown discriminator {self.discriminator!r}; have {sorted(DISCRIMINATORS)}"
+            )
+        if self.device == "auto":
+            raise ValueError(
+                "device 'auto' must be resolved by the caller "
+                "(ml_backend.device.resolve_device); pass 'cpu', 'cuda' or 'cuda:N'"
             )
 
 
@@ -126,12 +136,15 @@ def _init_weights(module: nn.Module, gain: float) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
-    return torch.device(name)
+def _device(name: str) -> torch.device:
+    """``torch.device(name)`` of a resolved name; a CUDA device torch cannot see is refused."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} given but torch sees no CUDA device")
+    return device
 
 
 class Pix2PixTrainer:
@@ -157,7 +170,7 @@ class Pix2PixTrainer:
     def __init__(self, config: Pix2PixConfig) -> None:
         config.validate()
         self.config = config
-        self.device = _resolve_device(config.device)
+        self.device = _device(str(config.device))
         self.use_amp = config.amp and self.device.type == "cuda"
         torch.manual_seed(config.seed)
         self.generator = GENERATORS[config.generator](config).to(self.device)
@@ -241,26 +254,49 @@ class Pix2PixTrainer:
 
     def fit(
         self,
-        batches: Iterable[Batch],
+        images: npt.NDArray[np.uint8],
+        labels: npt.NDArray[np.integer[Any]],
         steps: int,
-        callback: Callable[[int, dict[str, float]], None] | None = None,
+        *,
+        batch_size: int = 1,
+        progress: Callable[[int, int], None] | None = None,
+        on_log: Callable[[dict[str, float]], None] | None = None,
     ) -> list[dict[str, float]]:
-        """Run ``steps`` train steps, cycling over ``batches``; returns the new loss dicts."""
+        """Run ``steps`` more train steps on seeded batches of the given pairs.
+
+        Args:
+            images: (N, S, S) gray or (N, S, S, 3) RGB uint8, S = ``config.image_size``.
+            labels: (N, S, S) integer class ids 0..mask_channels-1.
+            steps: train steps to add (continues from ``step_``).
+            batch_size: pairs per step (the paper's is 1). Step ``k``'s batch is
+                :func:`batch_at` (``seed`` = ``config.seed``), a function of ``k`` only, so a
+                resumed trainer sees the batches an uninterrupted one would have.
+            progress: ``progress(done, steps)`` after every step of this call.
+            on_log: called with each step's losses.
+
+        Returns:
+            the loss dict of every new step.
+        """
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        images, labels = np.asarray(images), np.asarray(labels)
+        if len(images) == 0 or len(images) != len(labels):
+            raise ValueError(
+                f"need as many images as labels (>= 1), got {len(images)}, {len(labels)}"
+            )
         out: list[dict[str, float]] = []
-        source: Iterator[Batch] = iter(())
-        for _ in range(steps):
-            batch = next(source, None)
-            if batch is None:
-                source = iter(batches)
-                batch = next(source, None)
-                if batch is None:
-                    raise ValueError("batches is empty")
+        for k in range(steps):
+            batch = batch_at(
+                images, labels, self.config.mask_channels, self.step_, self.config.seed, batch_size
+            )
             losses = self.train_step(batch)
             out.append(losses)
-            if callback is not None:
-                callback(self.step_, losses)
+            if on_log is not None:
+                on_log(losses)
+            if progress is not None:
+                progress(k + 1, steps)
         return out
 
     def _to_device(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -319,33 +355,34 @@ class Pix2PixTrainer:
             "rng": rng,
         }
 
-    def save(self, path: Path) -> None:
-        """Write everything needed to resume bit-for-bit (weights, optimisers, step, RNG)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
-
     @classmethod
-    def load(cls, path: Path, device: str | None = None) -> Pix2PixTrainer:
-        """Rebuild a trainer from ``save``'s file; training continues where it stopped."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        config = Pix2PixConfig(**state["config"])
-        if device is not None:
-            config.device = device
-        trainer = cls(config)
-        trainer.generator.load_state_dict(state["generator"])
-        trainer.discriminator.load_state_dict(state["discriminator"])
-        trainer.opt_g.load_state_dict(state["opt_g"])
-        trainer.opt_d.load_state_dict(state["opt_d"])
-        trainer.scaler.load_state_dict(state["scaler"])
-        trainer.step_ = int(state["step"])
-        trainer.history_ = list(state["history"])
-        rng = state["rng"]
+    def from_state(
+        cls, state: dict[str, Any], device: str | torch.device | None = None
+    ) -> Pix2PixTrainer:
+        """Rebuild a trainer from :meth:`state_dict`; training continues where it stopped.
+
+        ``device`` (resolved) replaces the device stored in the state. Restores torch's
+        global RNG state too, so that resuming repeats the dropout an uninterrupted run
+        draws.
+
+        Raises:
+            ValueError: ``state`` is not a trainer state (a key is missing).
+        """
+        try:
+            config = Pix2PixConfig(**state["config"])
+            if device is not None:
+                config.device = str(device)
+            trainer = cls(config)
+            trainer.generator.load_state_dict(state["generator"])
+            trainer.discriminator.load_state_dict(state["discriminator"])
+            trainer.opt_g.load_state_dict(state["opt_g"])
+            trainer.opt_d.load_state_dict(state["opt_d"])
+            trainer.scaler.load_state_dict(state["scaler"])
+            trainer.step_ = int(state["step"])
+            trainer.history_ = list(state["history"])
+            rng = state["rng"]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a pix2pix trainer state: {exc!r}") from None
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -353,6 +390,40 @@ class Pix2PixTrainer:
 
 
 # -- array ↔ tensor -----------------------------------------------------------------------
+def batch_at(
+    images: npt.NDArray[np.uint8],
+    labels: npt.NDArray[np.integer[Any]],
+    num_classes: int,
+    step: int,
+    seed: int,
+    batch_size: int = 1,
+) -> Batch:
+    """The batch of train step ``step``: a function of (seed, step) only, so resume repeats it.
+
+    Sample ``k = step · batch_size + j`` (j < batch_size) is pair ``perm[k mod N]`` of an
+    epoch-wise seeded permutation (epoch ``k // N``), flipped left–right with probability ½.
+
+    Args:
+        images: (N, S, S) gray or (N, S, S, 3) RGB uint8.
+        labels: (N, S, S) class ids 0..num_classes-1.
+    """
+    n = len(images)
+    imgs, labs = [], []
+    for k in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(k, n)
+        idx = int(np.random.default_rng([seed, epoch]).permutation(n)[pos])
+        flip = bool(np.random.default_rng([seed, epoch, pos]).integers(2))
+        img, lab = images[idx], labels[idx]
+        if flip:
+            img, lab = img[:, ::-1], lab[:, ::-1]
+        imgs.append(img)
+        labs.append(lab)
+    return {
+        "mask": masks_to_onehot(np.stack(labs), num_classes),
+        "image": images_to_tensor(np.stack(imgs)),
+    }
+
+
 def masks_to_onehot(labels: npt.NDArray[np.integer[Any]], num_classes: int) -> torch.Tensor:
     """(B, H, W) integer class ids 0..num_classes-1 → (B, num_classes, H, W) float one-hot."""
     labels = np.asarray(labels)

@@ -6,14 +6,14 @@ Registered in ``medcrowd/cli.py`` with ``app.add_typer(synth_app, name="synth")`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from medcrowd.console import bars, console, err, progress
+from medcrowd.console import bars, console, error, progress
 
 __all__ = ["export_command", "synth_app"]
 
@@ -22,36 +22,56 @@ synth_app = typer.Typer(
     no_args_is_help=True,
 )
 
-# what the engines raise for bad input or missing files; anything else is a bug → traceback
-_USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+# what the engines raise for bad input or unreadable files (OSError: missing, unreadable or
+# not an image); anything else is a bug → traceback
+_USER_ERRORS = (ValueError, OSError, RuntimeError)
 
 
 @contextmanager
-def _bar(description: str, total: int, finishing: str = "") -> Iterator[Any]:
-    """A rich progress bar with ETA; yields a ``(done, total, losses)`` callback."""
+def _bar(
+    description: str, total: int, finishing: str = ""
+) -> Iterator[tuple[Callable[[int, int], None], Callable[[dict[str, float]], None]]]:
+    """A rich progress bar with ETA; yields ``(progress(done, total), on_log(losses))``.
+
+    The bar appears with the first progress report, so an error while the data is still
+    being read prints its one line alone.
+    """
     from rich.progress import TextColumn
 
-    with bars(TextColumn("{task.fields[info]}")) as bar:
-        task = bar.add_task(description, total=total, info="")
+    state: dict[str, Any] = {}
 
-        def update(done: int, total_: int, losses: dict[str, float]) -> None:
-            info = ""
-            if losses:
-                info = " ".join(
-                    f"{k[5:]} {losses[k]:.3f}" for k in ("loss_D", "loss_G_GAN", "loss_G_L1")
-                )
-            elif done >= total_:
-                info = finishing
-            bar.update(task, completed=done, total=total_, info=info)
+    def task() -> tuple[Any, Any]:
+        if not state:
+            bar = bars(TextColumn("{task.fields[info]}"))
+            bar.start()
+            state.update(bar=bar, task=bar.add_task(description, total=total, info=""))
+        return state["bar"], state["task"]
 
-        yield update
+    def update(done: int, total_: int) -> None:
+        bar, tid = task()
+        if done >= total_ and finishing:
+            bar.update(tid, info=finishing)
+        bar.update(tid, completed=done, total=total_)
+
+    def log(losses: dict[str, float]) -> None:
+        bar, tid = task()
+        keys = ("loss_D", "loss_G_GAN", "loss_G_L1")
+        bar.update(tid, info=" ".join(f"{k[5:]} {losses[k]:.3f}" for k in keys if k in losses))
+
+    try:
+        yield update, log
+    finally:
+        if state:
+            state["bar"].stop()
 
 
 @synth_app.command("train")
 def train(
     dataset: Annotated[
         Path,
-        typer.Argument(help="Pulled + fused dataset, or a folder with images/ + masks/."),
+        typer.Argument(
+            help="Pulled + fused dataset, or a pairs folder (images/ + masks/, ISBI, DRIVE)."
+        ),
     ],
     out: Annotated[
         Path | None,
@@ -75,14 +95,15 @@ def train(
     invert_masks: Annotated[
         bool, typer.Option(help="Binary masks with foreground 0 (ISBI 2012 label/).")
     ] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
     checkpoint_every: Annotated[int, typer.Option(help="Save every N steps.")] = 200,
     quality: Annotated[bool, typer.Option(help="Write quality.json + quality.png at the end.")] = (
         True
     ),
     seg_epochs: Annotated[
-        int, typer.Option(help="Epochs of the tiny segmenter (train-on-synthetic score).")
+        int,
+        typer.Option(help="Epochs of the downstream segmenter (train-on-synthetic score)."),
     ] = 8,
 ) -> None:
     """Train pix2pix (mask → image); resumes from OUT/checkpoint.pt when it exists."""
@@ -106,10 +127,11 @@ def train(
     )
     run_dir = out or dataset / "synth-run"
     try:
-        with _bar("pix2pix", steps, finishing="quality report…" if quality else "") as update:
-            report = train_synth(dataset, run_dir, options, progress=update)
+        finishing = "quality report…" if quality else ""
+        with _bar("pix2pix", steps, finishing=finishing) as (update, log):
+            report = train_synth(dataset, run_dir, options, progress=update, on_log=log)
     except _USER_ERRORS as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        error(exc)
         raise typer.Exit(1) from None
     resumed = f" (resumed at step {report.resumed_from})" if report.resumed_from else ""
     console.print(
@@ -139,17 +161,17 @@ def generate(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seeds the mask deformations and dropout.")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
 ) -> None:
     """Write N synthetic pairs: deformed real masks → the trained generator."""
     from medcrowd.synth import generate_synth
 
     target = out or run / "synthetic"
     try:
-        with _bar("generate", n) as update:
+        with _bar("generate", n) as (update, _):
             report = generate_synth(run, target, n, seed=seed, device=device, progress=update)
     except _USER_ERRORS as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        error(exc)
         raise typer.Exit(1) from None
     console.print(f"{report.written} synthetic pairs → {report.out} (samples.png, manifest.jsonl)")
 
@@ -157,7 +179,9 @@ def generate(
 def export_command(
     dataset: Annotated[
         Path,
-        typer.Argument(help="Pulled + fused dataset, or a folder with images/ + masks/."),
+        typer.Argument(
+            help="Pulled + fused dataset, or a pairs folder (images/ + masks/, ISBI, DRIVE)."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Output folder.")],
     format: Annotated[str, typer.Option("--format", help="nnunet | nifti | png.")] = "nnunet",
@@ -194,7 +218,7 @@ def export_command(
     try:
         report = export_dataset(dataset, out, options, progress=progress("export"))
     except _USER_ERRORS as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        error(exc)
         raise typer.Exit(1) from None
     kinds = ", ".join(f"{v} {k}" for k, v in sorted(report.kinds.items()))
     console.print(f"{report.cases} cases ({kinds}) as {format} → {report.out}")

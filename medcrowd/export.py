@@ -1,8 +1,9 @@
 """``medcrowd export``: the enhanced dataset (real / fused + synthetic) for a segmenter.
 
-Input: a dataset folder in either layout of ``medcrowd.synth`` (pulled + fused, or plain
-pairs) plus any number of ``medcrowd synth generate`` outputs. Every pair keeps its own size;
-mask values become consecutive class ids 0..K (0 = background).
+Input: a dataset folder in any layout :func:`medcrowd.pairs.load_pairs` reads (pulled +
+fused, plain pairs, ISBI, DRIVE, BU-BIL) plus any number of ``medcrowd synth generate``
+outputs. Every pair keeps its own size; mask values become consecutive class ids 0..K
+(0 = background).
 
 Formats (``FORMATS``)::
 
@@ -28,7 +29,7 @@ import csv
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,13 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from medcrowd.synth import Pair, load_pairs
+from medcrowd.pairs import Pair
+from medcrowd.synth import read_pairs
 
 __all__ = ["FORMATS", "ExportOptions", "ExportReport", "export_dataset", "nnunet_problems"]
 
+KINDS = {"expert": "real", "fused": "fused", "synthetic": "synthetic"}
+"""``Pair.source`` → the kind written to cases.csv and case ids."""
 CASE_RE = re.compile(r"^[A-Za-z0-9-]+(_[A-Za-z0-9-]+)*$")
 NNUNET_IMAGE_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\..+)$")
 
@@ -162,12 +166,9 @@ def export_dataset(
     """Write ``dataset`` (+ ``options.synthetic``) to ``out`` in ``options.fmt``."""
     if options.fmt not in FORMATS:
         raise ValueError(f"unknown format {options.fmt!r}; choose from {', '.join(FORMATS)}")
-    pairs: list[Pair] = list(load_pairs(dataset, options.method, options.invert_masks))
+    pairs: list[Pair] = read_pairs(dataset, options.method, options.invert_masks)
     for folder in options.synthetic:
-        syn = load_pairs(folder)
-        for p in syn:
-            p.kind = "synthetic"
-        pairs.extend(syn)
+        pairs.extend(replace(p, source="synthetic") for p in read_pairs(folder))
     values = sorted({0} | {int(v) for p in pairs for v in np.unique(p.mask)})
     names = options.label_names or [f"class_{k}" for k in range(1, len(values))]
     if len(names) != len(values) - 1:
@@ -188,7 +189,8 @@ def export_dataset(
     rows = []
     items: Any = progress(pairs, len(pairs)) if progress else pairs
     for p in items:
-        case = _case_id(p.kind, p.name, taken)
+        kind = KINDS[p.source]
+        case = _case_id(kind, p.name, taken)
         image = p.image
         if rgb and image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=-1)
@@ -196,7 +198,7 @@ def export_dataset(
         rows.append(
             {
                 "case": case,
-                "kind": p.kind,
+                "kind": kind,
                 "image": str(p.image_path),
                 "mask": str(p.mask_path),
             }

@@ -1,6 +1,8 @@
 """``medcrowd synth``: train pix2pix on image–mask pairs, generate synthetic pairs, report.
 
-Input layouts (``load_pairs`` detects which)::
+The app layer over :mod:`gan`: read pairs (:func:`medcrowd.pairs.load_pairs`, any layout it
+knows), resize, call the engine on arrays, write checkpoints, figures, manifests and the
+quality report. Typical inputs::
 
     (a) a folder written by ``medcrowd pull`` + ``medcrowd fuse``
         DATASET/dataset.json
@@ -8,7 +10,7 @@ Input layouts (``load_pairs`` detects which)::
         DATASET/fused-<method>/masks/task-<id>.png     the fused mask (0/255)
     (b) a plain pairs folder (also what ``medcrowd synth generate`` writes)
         DATASET/images/<name>.<ext>   +  DATASET/masks/<name>.png
-        (``image/`` + ``label/`` is accepted too, e.g. ISBI 2012 ``train/``)
+        (ISBI 2012 ``image/`` + ``label/``, DRIVE and BU-BIL folders are read too)
 
 Masks are single-channel PNGs: 0 is background, every other value is a class (a 0/255 or
 0/1 mask is one class; 0/1/2/… or 0/85/170/… are several — the generator sees them as
@@ -19,13 +21,14 @@ stretched).
 
 Training run folder ``RUN/`` (``train_synth``)::
 
-    checkpoint.pt     trainer state: weights, optimisers, step, RNG (resumable)
+    checkpoint.pt     synthesizer state: weights, optimisers, step, RNG, class table
+                      (``gan.Synthesizer.state_dict``; resumable)
     run.json          options, dataset path, label values, train / held-out names
     losses.csv, losses.png     loss per step, and the curves
     samples.png       held-out pairs: mask | real | synthetic
     quality.json, quality.png  SSIM/PSNR on held-out reconstructions, train-on-synthetic /
-                      test-on-real Dice (with the train-on-real Dice beside it), intensity-
-                      histogram distances
+                      test-on-real Dice of the downstream segmenter (``segmenter.Segmenter``,
+                      with the train-on-real Dice beside it), intensity-histogram distances
 
 Synthetic output ``OUT/`` (``generate_synth``), layout (b) plus provenance::
 
@@ -40,48 +43,42 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from medcrowd.pairs import Pair, label_values, load_pairs
+
+if TYPE_CHECKING:
+    from gan import Synthesizer
+
 __all__ = [
     "GenerateReport",
-    "Pair",
     "SynthOptions",
     "TrainReport",
     "generate_synth",
-    "load_pairs",
+    "quality_report",
+    "read_pairs",
+    "segmentation_dice",
     "train_synth",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-Progress = Callable[[int, int, dict[str, float]], None]
-"""Called with (done, total, latest losses or {})."""
-
-
-@dataclass
-class Pair:
-    """One image–mask pair at its original size.
-
-    Attributes:
-        name: file stem (``task-12``, ``syn-00003``, ``7``).
-        image: (H, W) uint8 gray or (H, W, 3) uint8 RGB.
-        mask: (H, W) uint8 raw mask values (0 = background).
-        kind: "fused" (layout a), "real" (layout b) or "synthetic" (a generate output).
-        image_path, mask_path: where they were read.
-    """
-
-    name: str
-    image: npt.NDArray[np.uint8]
-    mask: npt.NDArray[np.uint8]
-    kind: str
-    image_path: Path
-    mask_path: Path
+U8 = npt.NDArray[np.uint8]
+Progress = Callable[[int, int], None]
+"""Called as ``progress(done, total)``."""
+OnLog = Callable[[dict[str, float]], None]
+"""Called with each train step's losses."""
+GENERATE_CHUNK = 8
+"""Masks per generator pass (and per chunk of dropout seeds) in ``generate_synth``."""
+SEG_CHANNELS = (8, 16, 32)
+"""U-Net widths of the small downstream segmenter behind the train-on-synthetic score."""
+SEG_BATCH = 4
 
 
 @dataclass
@@ -126,115 +123,85 @@ class GenerateReport:
 
 
 # -- reading ------------------------------------------------------------------------------
-def _read_image(path: Path) -> npt.NDArray[np.uint8]:
-    with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16B", "I", "F"):
-            raw = np.asarray(im, dtype=np.float64)
-            lo, hi = float(raw.min()), float(raw.max())
-            scaled = (raw - lo) / (hi - lo or 1.0) * 255
-            return np.asarray(scaled.round(), dtype=np.uint8)
-        if im.mode in ("L", "1", "P") and not (im.mode == "P" and "transparency" in im.info):
-            gray = im.convert("RGB") if im.mode == "P" else im.convert("L")
-            arr = np.asarray(gray, dtype=np.uint8)
-            if arr.ndim == 3 and (arr == arr[..., :1]).all():
-                arr = arr[..., 0].copy()
-            return arr
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+def _synth_order(name: str) -> tuple[int, int | str]:
+    return (0, int(name)) if name.isdigit() else (1, name)
 
 
-def _read_mask(path: Path, invert: bool) -> npt.NDArray[np.uint8]:
-    with Image.open(path) as im:
-        arr = np.asarray(im if im.mode in ("L", "P", "1") else im.convert("L"))
-    mask = np.asarray(arr, dtype=np.uint8)
-    if invert:
-        if len(np.unique(mask)) > 2:
-            raise ValueError(f"--invert-masks needs binary masks; {path} has more values")
-        mask = np.where(mask == 0, 255, 0).astype(np.uint8)
-    return mask
+def read_pairs(root: Path, method: str = "crowd-staple", invert_masks: bool = False) -> list[Pair]:
+    """``medcrowd.pairs.load_pairs`` in the order synth and export have always used.
 
-
-def _find_image(folder: Path, stem: str) -> Path | None:
-    for suffix in IMAGE_SUFFIXES:
-        for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def load_pairs(root: Path, method: str = "crowd-staple", invert_masks: bool = False) -> list[Pair]:
-    """Every image–mask pair of ``root`` (layout a or b, see the module docstring).
-
-    Raises ``FileNotFoundError`` when ``root`` matches neither layout, ``ValueError`` when a
-    mask's size differs from its image's or nothing pairs up.
+    All-digit names numerically first, then the rest by string: the train / held-out split
+    is drawn over this order, so it keeps existing runs resumable and case lists unchanged.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder")
-    kind = "real"
-    if (root / "dataset.json").is_file():
-        meta = json.loads((root / "dataset.json").read_text())
-        if isinstance(meta, dict) and meta.get("synthetic"):
-            kind = "synthetic"
-    fused = root / f"fused-{method}" / "masks"
-    if fused.is_dir():
-        image_dir, mask_dir, kind = root / "images", fused, "fused"
-    elif (root / "images").is_dir() and (root / "masks").is_dir():
-        image_dir, mask_dir = root / "images", root / "masks"
-    elif (root / "image").is_dir() and (root / "label").is_dir():
-        image_dir, mask_dir = root / "image", root / "label"
-    else:
-        raise FileNotFoundError(
-            f"{root} has neither fused-{method}/masks/ (run medcrowd fuse --method {method}) "
-            "nor images/ + masks/"
-        )
-    pairs = []
-    masks = sorted(mask_dir.glob("*.png"), key=lambda p: _natural(p.stem))
-    for mask_path in masks:
-        image_path = _find_image(image_dir, mask_path.stem)
-        if image_path is None:
-            continue
-        image = _read_image(image_path)
-        mask = _read_mask(mask_path, invert_masks)
-        if image.shape[:2] != mask.shape:
-            raise ValueError(
-                f"{mask_path} is {mask.shape[::-1]} but {image_path} is {image.shape[1::-1]}"
-            )
-        pairs.append(Pair(mask_path.stem, image, mask, kind, image_path, mask_path))
-    if not pairs:
-        raise ValueError(f"no image in {image_dir} matches a mask in {mask_dir}")
-    return pairs
+    pairs = load_pairs(Path(root), method=method, invert_masks=invert_masks)
+    return sorted(pairs, key=lambda p: _synth_order(p.name))
 
 
-def _natural(stem: str) -> tuple[int, int | str]:
-    return (0, int(stem)) if stem.isdigit() else (1, stem)
-
-
-def label_values(pairs: list[Pair]) -> list[int]:
-    """Sorted raw mask values over all pairs, background 0 first (class id = index)."""
-    values = sorted({0} | {int(v) for p in pairs for v in np.unique(p.mask)})
-    if len(values) < 2:
-        raise ValueError("every mask is empty: nothing to learn")
-    return values
-
-
-def _prepare(
-    pairs: list[Pair], size: int, values: list[int], rgb: bool
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-    """Resize → (N, S, S[, 3]) uint8 images and (N, S, S) uint8 class ids."""
-    lut = np.zeros(256, dtype=np.uint8)
-    for i, v in enumerate(values):
-        lut[v] = i
-    images, labels = [], []
+def _prepare(pairs: Sequence[Pair], size: int, values: list[int], rgb: bool) -> tuple[U8, U8]:
+    """Resize → (N, S, S[, 3]) uint8 images and (N, S, S) uint8 masks (label values)."""
+    images, masks = [], []
     for p in pairs:
         im = Image.fromarray(p.image)
         im = im.convert("RGB" if rgb else "L").resize((size, size), Image.Resampling.BILINEAR)
         images.append(np.asarray(im, dtype=np.uint8))
-        m = Image.fromarray(p.mask).resize((size, size), Image.Resampling.NEAREST)
-        unknown = set(np.unique(np.asarray(m)).tolist()) - set(values)
+        m = np.asarray(Image.fromarray(p.mask).resize((size, size), Image.Resampling.NEAREST))
+        unknown = set(np.unique(m).tolist()) - set(values)
         if unknown:
-            raise ValueError(f"{p.mask_path} has mask values {sorted(unknown)} not in {values}")
-        labels.append(lut[np.asarray(m)])
-    return np.stack(images), np.stack(labels)
+            where = p.mask_path or p.name
+            raise ValueError(f"{where} has mask values {sorted(unknown)} not in {values}")
+        masks.append(m)
+    return np.stack(images), np.stack(masks)
+
+
+def _class_ids(masks: U8, values: list[int]) -> U8:
+    lut = np.zeros(256, dtype=np.uint8)
+    for i, v in enumerate(values):
+        lut[v] = i
+    return np.asarray(lut[masks], dtype=np.uint8)
+
+
+# -- checkpoints --------------------------------------------------------------------------
+def _save(synth: Synthesizer, path: Path) -> None:
+    """Write the synthesizer's state atomically (resume bit-for-bit)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(synth.state_dict(), tmp)
+    tmp.replace(path)
+
+
+def _load(path: Path, device: str, values: list[int]) -> Synthesizer:
+    """The synthesizer of ``path`` on ``device`` (checkpoints before the class table was
+    stored in them take it from run.json's ``values``)."""
+    import torch
+
+    from gan import Synthesizer
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file: say so in one line
+        raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a pix2pix checkpoint")
+    return Synthesizer.from_state(state, device=device, classes=state.get("classes", values))
+
+
+def _read_run(run_dir: Path) -> dict[str, Any]:
+    meta_path = run_dir / "run.json"
+    if not meta_path.is_file() or not (run_dir / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"{run_dir} holds no trained model; run medcrowd synth train")
+    try:
+        meta = json.loads(meta_path.read_text())
+        keys = ("dataset", "options", "label_values", "rgb", "train")
+        if not isinstance(meta, dict) or any(k not in meta for k in keys):
+            raise ValueError("keys missing")
+        SynthOptions(**meta["options"])
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{meta_path} is not a medcrowd synth run file ({exc})") from None
+    return meta
 
 
 # -- training -----------------------------------------------------------------------------
@@ -246,37 +213,41 @@ def _split(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
     return sorted(order[n_held:]), sorted(order[:n_held])
 
 
-def _batch(
-    images: npt.NDArray[np.uint8], labels: npt.NDArray[np.uint8], classes: int, step: int, seed: int
-) -> dict[str, Any]:
-    """The batch of train step ``step``: a function of (seed, step) only, so resume repeats it.
+def _offset(progress: Progress | None, start: int, total: int) -> Progress | None:
+    """A chunk's ``(done, chunk)`` progress as ``(start + done, total)`` of the whole run."""
+    if progress is None:
+        return None
+    report = progress
 
-    Batch size 1 (the paper's), an epoch-wise seeded permutation, random horizontal flip.
-    """
-    from gan import images_to_tensor, masks_to_onehot
+    def shifted(done: int, _chunk: int) -> None:
+        report(start + done, total)
 
-    n = len(images)
-    epoch, pos = divmod(step, n)
-    rng = np.random.default_rng([seed, epoch])
-    idx = int(rng.permutation(n)[pos])
-    flip = bool(np.random.default_rng([seed, epoch, pos]).integers(2))
-    img, lab = images[idx : idx + 1], labels[idx : idx + 1]
-    if flip:
-        img, lab = img[:, :, ::-1], lab[:, :, ::-1]
-    return {"mask": masks_to_onehot(lab.copy(), classes), "image": images_to_tensor(img.copy())}
+    return shifted
 
 
 def train_synth(
-    dataset: Path, run_dir: Path, options: SynthOptions, progress: Progress | None = None
+    dataset: Path,
+    run_dir: Path,
+    options: SynthOptions,
+    progress: Progress | None = None,
+    on_log: OnLog | None = None,
 ) -> TrainReport:
-    """Train (or resume) pix2pix on ``dataset``'s pairs; write ``run_dir`` (module docstring)."""
-    from gan import Pix2PixConfig, Pix2PixTrainer
+    """Train (or resume) pix2pix on ``dataset``'s pairs; write ``run_dir`` (module docstring).
 
-    pairs = load_pairs(dataset, options.method, options.invert_masks)
+    ``progress(done, options.steps)`` follows the train steps; ``on_log`` gets each step's
+    losses.
+    """
+    from gan import Pix2PixConfig, fit_pix2pix
+    from ml_backend.device import resolve_device
+
+    if options.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be >= 1, got {options.checkpoint_every}")
+    pairs = read_pairs(dataset, options.method, options.invert_masks)
     values = label_values(pairs)
     rgb = any(p.image.ndim == 3 for p in pairs)
-    images, labels = _prepare(pairs, options.size, values, rgb)
+    images, masks = _prepare(pairs, options.size, values, rgb)
     train_idx, held_idx = _split(len(pairs), options.holdout, options.seed)
+    device = resolve_device(options.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "checkpoint.pt"
     meta = {
@@ -287,103 +258,136 @@ def train_synth(
         "train": [pairs[i].name for i in train_idx],
         "held_out": [pairs[i].name for i in held_idx],
     }
+    tr_img, tr_mask = images[train_idx], masks[train_idx]
     if ckpt.exists():
-        old = json.loads((run_dir / "run.json").read_text())
+        old = _read_run(run_dir)
         if old["train"] != meta["train"] or old["label_values"] != values:
             raise ValueError(f"{run_dir} holds a run on other data; use another --out")
-        trainer = Pix2PixTrainer.load(ckpt, device=options.device)
+        synth = _load(ckpt, device, values)
     else:
         config = Pix2PixConfig(
             image_size=options.size,
-            image_channels=3 if rgb else 1,
-            mask_channels=len(values),
             ngf=options.ngf,
             ndf=options.ndf,
             lr=options.lr,
-            device=options.device,
+            device=device,
             amp=options.amp,
             seed=options.seed,
         )
-        trainer = Pix2PixTrainer(config)
+        synth = fit_pix2pix(tr_img, tr_mask, config, steps=0, classes=values)
     (run_dir / "run.json").write_text(json.dumps(meta, indent=2))
-    resumed = trainer.step_
-    tr_img, tr_lab = images[train_idx], labels[train_idx]
-    classes = len(values)
-    while trainer.step_ < options.steps:
-        losses = trainer.train_step(_batch(tr_img, tr_lab, classes, trainer.step_, options.seed))
-        if progress is not None:
-            progress(trainer.step_, options.steps, losses)
-        if trainer.step_ % options.checkpoint_every == 0:
-            trainer.save(ckpt)
-    trainer.save(ckpt)
-    _write_losses(run_dir, trainer.history_)
-    held_img, held_lab = images[held_idx], labels[held_idx]
-    recon = _generate(trainer, held_lab, classes, options.seed)
-    _grid(run_dir / "samples.png", held_lab, held_img, recon, options.grid_rows,
-          ("mask", "real (held out)", "synthetic"))  # fmt: skip
+    resumed = synth.step_
+    while synth.step_ < options.steps:
+        start = synth.step_
+        every = options.checkpoint_every
+        chunk = min(every - start % every, options.steps - start)
+        synth.fit(tr_img, tr_mask, steps=chunk, batch_size=1, on_log=on_log,
+                  progress=_offset(progress, start, options.steps))  # fmt: skip
+        if synth.step_ % every == 0:
+            _save(synth, ckpt)
+    _save(synth, ckpt)
+    _write_losses(run_dir, synth.history_)
+    held_img, held_mask = images[held_idx], masks[held_idx]
+    recon = synth.generate(held_mask, seed=options.seed, batch_size=GENERATE_CHUNK)
+    _grid(run_dir / "samples.png", _class_ids(held_mask, values), held_img, recon,
+          options.grid_rows, ("mask", "real (held out)", "synthetic"))  # fmt: skip
     report = TrainReport(
-        run_dir, trainer.step_, resumed, len(train_idx), len(held_idx),
-        trainer.history_[-1] if trainer.history_ else {},
+        run_dir, synth.step_, resumed, len(train_idx), len(held_idx),
+        synth.history_[-1] if synth.history_ else {},
     )  # fmt: skip
     if options.quality:
         report.quality = quality_report(
-            trainer, (tr_img, tr_lab), (held_img, held_lab), recon, options, run_dir, progress
+            synth, (tr_img, tr_mask), (held_img, held_mask), recon, options, run_dir
         )
     return report
 
 
-def _generate(
-    trainer: Any, labels: npt.NDArray[np.uint8], classes: int, seed: int, chunk: int = 8
-) -> npt.NDArray[np.uint8]:
-    from gan import masks_to_onehot, tensor_to_images
-
-    out = [
-        tensor_to_images(
-            trainer.generate(masks_to_onehot(labels[i : i + chunk], classes), seed=seed + i)
-        )
-        for i in range(0, len(labels), chunk)
-    ]
-    return np.concatenate(out)
-
-
 # -- quality ------------------------------------------------------------------------------
+def segmentation_dice(
+    train: tuple[U8, U8],
+    test: tuple[U8, U8],
+    *,
+    epochs: int = 8,
+    seed: int = 0,
+    device: str = "cpu",
+) -> float:
+    """Train the downstream segmenter on ``train``, return its mean foreground Dice on ``test``.
+
+    One small :class:`segmenter.Segmenter` (U-Net widths ``SEG_CHANNELS``, no augmentation,
+    ``epochs`` passes of batch ``SEG_BATCH``) per foreground label value, one-vs-rest; Dice
+    (:func:`fusion.metrics.dice`) of each over the whole test set, averaged over the values
+    present in either set.
+
+    Args:
+        train, test: ``(images, masks)``: (N, S, S) gray or (N, S, S, 3) RGB uint8 and
+            (N, S, S) uint8 label values (0 = background); S a multiple of 4.
+        epochs: passes over the training images.
+        seed: seeds the segmenter's weights and batch order.
+        device: a resolved torch device.
+    """
+    from fusion.metrics import dice
+    from segmenter import Segmenter, SegmenterConfig
+
+    (tr_img, tr_mask), (te_img, te_mask) = train, test
+    if len(tr_img) == 0 or len(te_img) == 0:
+        raise ValueError("segmentation_dice needs training and test pairs")
+    values = sorted({int(v) for v in np.unique(tr_mask)} | {int(v) for v in np.unique(te_mask)})
+    steps = max(1, epochs * math.ceil(len(tr_img) / SEG_BATCH))
+    config = SegmenterConfig(
+        size=int(tr_img.shape[1]),
+        channels=SEG_CHANNELS,
+        steps=steps,
+        batch_size=SEG_BATCH,
+        augment=False,
+        seed=seed,
+        device=device,
+    )
+    in_channels = 3 if tr_img.ndim == 4 else 1
+    scores = []
+    for value in (v for v in values if v != 0):
+        seg = Segmenter(config, in_channels=in_channels)
+        seg.fit(tr_img, (tr_mask == value).astype(np.uint8))
+        scores.append(dice(te_mask == value, seg.predict(te_img) > 0))
+    return float(np.mean(scores)) if scores else 1.0
+
+
 def quality_report(
-    trainer: Any,
-    train: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]],
-    held: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]],
-    recon: npt.NDArray[np.uint8],
+    synth: Synthesizer,
+    train: tuple[U8, U8],
+    held: tuple[U8, U8],
+    recon: U8,
     options: SynthOptions,
     run_dir: Path,
-    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Write ``quality.json`` + ``quality.png``; return the JSON's content.
 
     - reconstruction: SSIM / PSNR of G(held-out mask) against the held-out real image;
-    - tstr: a ``TinySegmenter`` trained on synthetic pairs (deformed training masks →
-      G) and one trained on the real training pairs, both tested on the held-out real
-      pairs (mean foreground Dice);
+    - tstr: the downstream segmenter (:func:`segmentation_dice`) trained on synthetic pairs
+      (deformed training masks → G) and one trained on the real training pairs, both tested
+      on the held-out real pairs (mean foreground Dice);
     - histogram: intensity-histogram distances, held-out real vs reconstructions and
       training real vs synthetic.
+
+    ``train`` and ``held`` are ``(images, masks)`` at the model's size, masks label values.
     """
-    from gan import DeformedMaskGenerator, TinySegmenter, histogram_distance, mean_dice, psnr, ssim
+    from gan import DeformedMaskGenerator, histogram_distance, psnr, ssim
 
-    tr_img, tr_lab = train
-    held_img, held_lab = held
-    classes = int(trainer.config.mask_channels)
+    tr_img, tr_mask = train
+    held_img = held[0]
     n_syn = options.quality_synthetic or 2 * len(tr_img)
-    syn_lab, _ = DeformedMaskGenerator().sample(tr_lab, n_syn, seed=options.seed + 1)
-    syn_img = _generate(trainer, syn_lab, classes, options.seed + 1000)
-    if progress is not None:
-        progress(trainer.step_, options.steps, {})
+    syn_mask, _ = DeformedMaskGenerator().sample(tr_mask, n_syn, seed=options.seed + 1)
+    syn_img = synth.generate(syn_mask, seed=options.seed + 1000, batch_size=GENERATE_CHUNK)
+    device = str(synth.trainer.device)
 
-    def seg_dice(images: npt.NDArray[np.uint8], labels: npt.NDArray[np.uint8]) -> float:
-        seg = TinySegmenter(num_classes=classes, epochs=options.seg_epochs, seed=options.seed)
-        return mean_dice(held_lab, seg.fit(images, labels).predict(held_img), classes)
+    def seg_dice(images: U8, masks: U8) -> float:
+        return segmentation_dice(
+            (images, masks), held, epochs=options.seg_epochs, seed=options.seed, device=device
+        )
 
     ssims = [ssim(r, f) for r, f in zip(held_img, recon, strict=True)]
     psnrs = [psnr(r, f) for r, f in zip(held_img, recon, strict=True)]
     result: dict[str, Any] = {
-        "step": trainer.step_,
+        "step": synth.step_,
         "size": int(held_img.shape[1]),
         "held_out": len(held_img),
         "reconstruction": {
@@ -393,11 +397,14 @@ def quality_report(
             "psnr_db": [round(p, 2) for p in psnrs],
         },
         "tstr": {
-            "segmenter": f"TinySegmenter(base=8, epochs={options.seg_epochs})",
+            "segmenter": (
+                f"segmenter.Segmenter(channels={SEG_CHANNELS}, batch_size={SEG_BATCH}, "
+                f"epochs={options.seg_epochs}, augment=False)"
+            ),
             "synthetic_pairs": n_syn,
             "real_train_pairs": len(tr_img),
-            "dice_train_synthetic_test_real": seg_dice(syn_img, syn_lab),
-            "dice_train_real_test_real": seg_dice(tr_img, tr_lab),
+            "dice_train_synthetic_test_real": seg_dice(syn_img, syn_mask),
+            "dice_train_real_test_real": seg_dice(tr_img, tr_mask),
         },
         "histogram": {
             "held_out_real_vs_reconstruction": histogram_distance(held_img, recon),
@@ -534,42 +541,39 @@ def generate_synth(
     """Write ``n`` synthetic pairs (deformed training masks → G) to ``out`` (layout b).
 
     Appends to an existing output folder: names continue after the highest ``syn-<k>``.
+    ``progress(done, n)`` follows the pairs written.
     """
-    from gan import DeformedMaskGenerator, Pix2PixTrainer
+    from gan import DeformedMaskGenerator
+    from ml_backend.device import resolve_device
 
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
-    meta_path = run_dir / "run.json"
-    if not meta_path.is_file() or not (run_dir / "checkpoint.pt").is_file():
-        raise FileNotFoundError(f"{run_dir} holds no trained model; run medcrowd synth train")
-    meta = json.loads(meta_path.read_text())
+    meta = _read_run(run_dir)
     opts = SynthOptions(**meta["options"])
-    trainer = Pix2PixTrainer.load(run_dir / "checkpoint.pt", device=device)
-    pairs = load_pairs(Path(meta["dataset"]), opts.method, opts.invert_masks)
     values: list[int] = meta["label_values"]
+    synth = _load(run_dir / "checkpoint.pt", resolve_device(device), values)
+    pairs = read_pairs(Path(meta["dataset"]), opts.method, opts.invert_masks)
     by_name = {p.name: p for p in pairs}
     missing = [name for name in meta["train"] if name not in by_name]
     if missing:
         raise ValueError(f"training pairs missing from {meta['dataset']}: {missing[:5]}")
     train = [by_name[name] for name in meta["train"]]
-    images, labels = _prepare(train, opts.size, values, bool(meta["rgb"]))
-    new, sources = DeformedMaskGenerator().sample(labels, n, seed=seed)
+    images, masks = _prepare(train, opts.size, values, bool(meta["rgb"]))
+    new, sources = DeformedMaskGenerator().sample(masks, n, seed=seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     existing = [int(p.stem[4:]) for p in (out / "masks").glob("syn-*.png") if p.stem[4:].isdigit()]
     start = max(existing, default=-1) + 1
-    lut = np.array(values, dtype=np.uint8)
-    classes = len(values)
-    chunk = 8
+    chunk = GENERATE_CHUNK
     fakes = []
     with (out / "manifest.jsonl").open("a") as fh:
         for i in range(0, n, chunk):
-            fake = _generate(trainer, new[i : i + chunk], classes, seed * 100003 + i, chunk)
+            fake = synth.generate(new[i : i + chunk], seed=seed * 100003 + i, batch_size=chunk)
             fakes.append(fake)
             for j, img in enumerate(fake):
                 k, name = i + j, f"syn-{start + i + j:05d}"
                 Image.fromarray(img).save(out / "images" / f"{name}.png")
-                Image.fromarray(lut[new[k]]).save(out / "masks" / f"{name}.png")
+                Image.fromarray(new[k]).save(out / "masks" / f"{name}.png")
                 record = {
                     "name": name,
                     "image": f"images/{name}.png",
@@ -577,12 +581,12 @@ def generate_synth(
                     "synthetic": True,
                     "source": train[int(sources[k])].name,
                     "checkpoint": str((run_dir / "checkpoint.pt").resolve()),
-                    "step": trainer.step_,
+                    "step": synth.step_,
                     "seed": seed,
                 }
                 fh.write(json.dumps(record, sort_keys=True) + "\n")
             if progress is not None:
-                progress(min(i + chunk, n), n, {})
+                progress(min(i + chunk, n), n)
     (out / "dataset.json").write_text(
         json.dumps(
             {
@@ -597,6 +601,7 @@ def generate_synth(
         )
     )
     fake_all = np.concatenate(fakes)
-    _grid(out / "samples.png", new, images[sources], fake_all, opts.grid_rows,
-          ("deformed mask", "real image of the source mask", "synthetic"))  # fmt: skip
+    titles = ("deformed mask", "real image of the source mask", "synthetic")
+    _grid(out / "samples.png", _class_ids(new, values), images[sources], fake_all,
+          opts.grid_rows, titles)  # fmt: skip
     return GenerateReport(out, n, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -19,6 +20,12 @@ torch.set_num_threads(1)
 @pytest.fixture
 def tiny_config() -> Pix2PixConfig:
     return Pix2PixConfig(image_size=64, ngf=8, ndf=8, device="cpu", seed=0)
+
+
+@pytest.fixture
+def tiny_pairs() -> tuple[np.ndarray, np.ndarray]:
+    """2 gray 64×64 blob images and their {0, 1} class ids (the pairs of ``tiny_batch``)."""
+    return blob_pairs(2, 64, seed=1)
 
 
 @pytest.fixture

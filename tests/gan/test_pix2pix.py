@@ -1,7 +1,7 @@
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +13,7 @@ from gan import (
     Pix2PixConfig,
     Pix2PixTrainer,
     UNetGenerator,
+    batch_at,
     masks_to_onehot,
     tensor_to_images,
 )
@@ -22,7 +23,7 @@ def _params(module: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.parameters()]
 
 
-def test_one_step_changes_weights_and_lowers_l1(tiny_config, tiny_batch):
+def test_one_step_changes_weights_and_lowers_l1(tiny_config, tiny_batch, tiny_pairs):
     # lr 1e-3 so that three steps move the L1 by a clear margin on this fixed batch
     trainer = Pix2PixTrainer(replace(tiny_config, lr=1e-3))
     g0, d0 = _params(trainer.generator), _params(trainer.discriminator)
@@ -45,20 +46,24 @@ def test_one_step_changes_weights_and_lowers_l1(tiny_config, tiny_batch):
     assert any(
         not torch.equal(a, b) for a, b in zip(d0, trainer.discriminator.parameters(), strict=True)
     )
-    trainer.fit([tiny_batch], steps=2)
+    logged: list[dict[str, float]] = []
+    done: list[tuple[int, int]] = []
+    new = trainer.fit(*tiny_pairs, steps=2, batch_size=2, on_log=logged.append,
+                      progress=lambda d, t: done.append((d, t)))  # fmt: skip
+    assert new == logged and len(new) == 2 and done == [(1, 2), (2, 2)]
     after = float((trainer.generate(tiny_batch["mask"], seed=5) - tiny_batch["image"]).abs().mean())
     assert after < before - 0.01
     assert trainer.step_ == 3 and len(trainer.history_) == 3
 
 
-def test_resume_reproduces(tmp_path: Path, tiny_config, tiny_batch):
+def test_resume_reproduces(tiny_config, tiny_pairs):
     a = Pix2PixTrainer(tiny_config)
-    a.fit([tiny_batch], steps=2)
-    a.save(tmp_path / "ckpt.pt")
-    a.fit([tiny_batch], steps=2)
-    b = Pix2PixTrainer.load(tmp_path / "ckpt.pt")
+    a.fit(*tiny_pairs, steps=2)
+    state = copy.deepcopy(a.state_dict())
+    a.fit(*tiny_pairs, steps=2)
+    b = Pix2PixTrainer.from_state(state)
     assert b.step_ == 2
-    b.fit([tiny_batch], steps=2)
+    b.fit(*tiny_pairs, steps=2)
     for pa, pb in zip(
         a.generator.state_dict().values(), b.generator.state_dict().values(), strict=True
     ):
@@ -68,6 +73,20 @@ def test_resume_reproduces(tmp_path: Path, tiny_config, tiny_batch):
     ):
         assert torch.equal(pa, pb)
     assert a.history_ == b.history_
+
+
+def test_batch_at_is_a_function_of_seed_and_step(tiny_pairs):
+    images, labels = tiny_pairs
+    one = batch_at(images, labels, 2, step=3, seed=7)
+    assert torch.equal(one["image"], batch_at(images, labels, 2, step=3, seed=7)["image"])
+    # step 3, batch size 1: sample 3 = epoch 1, position 1 of that epoch's permutation
+    idx = int(np.random.default_rng([7, 1]).permutation(2)[1])
+    flip = bool(np.random.default_rng([7, 1, 1]).integers(2))
+    want = images[idx][:, ::-1] if flip else images[idx]
+    assert np.array_equal(tensor_to_images(one["image"])[0], want)
+    two = batch_at(images, labels, 2, step=1, seed=7, batch_size=2)  # samples 2 and 3
+    assert two["image"].shape == (2, 1, 64, 64) and torch.equal(two["image"][1], one["image"][0])
+    assert two["mask"].shape == (2, 2, 64, 64)
 
 
 def test_seeded_init(tiny_config):
@@ -141,8 +160,20 @@ def test_registries_and_bad_batch(tiny_config):
         trainer.train_step({"mask": torch.zeros(1, 3, 64, 64), "image": torch.zeros(1, 1, 64, 64)})
     with pytest.raises(ValueError, match="missing"):
         trainer.train_step({"mask": torch.zeros(1, 2, 64, 64)})
-    with pytest.raises(FileNotFoundError):
-        Pix2PixTrainer.load(Path("/nonexistent/ckpt.pt"))
+    with pytest.raises(ValueError, match="not a pix2pix trainer state"):
+        Pix2PixTrainer.from_state({"config": {}})
+    with pytest.raises(ValueError, match="images"):
+        trainer.fit(np.zeros((2, 64, 64), np.uint8), np.zeros((3, 64, 64), np.uint8), steps=1)
+
+
+def test_device_must_be_resolved(tiny_config):
+    with pytest.raises(ValueError, match="resolve"):
+        Pix2PixTrainer(replace(tiny_config, device="auto"))
+    trainer = Pix2PixTrainer(replace(tiny_config, device=torch.device("cpu")))
+    assert trainer.config.device == "cpu" and trainer.device == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            Pix2PixTrainer(replace(tiny_config, device="cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
