@@ -61,6 +61,8 @@ from crowd_models import ANNOTATOR_MODELS
 from scipy import ndimage
 from skimage import draw, measure
 
+from fusion.metrics import dice_from_counts
+
 BoolArray = npt.NDArray[np.bool_]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -138,7 +140,9 @@ class Effort:
 
 
 def _dice(inter: int, a: int, b: int) -> float:
-    return 1.0 if a + b == 0 else 2.0 * inter / (a + b)
+    """Dice of masks of ``a`` and ``b`` pixels sharing ``inter`` (kept as counts while the
+    simulated annotator edits, so a stroke costs no full-image pass)."""
+    return float(dice_from_counts(inter, a + b))
 
 
 def _better(a: Effort, b: Effort) -> Effort:

@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _effort_model import CostModel, Effort, assisted_effort, manual_effort  # noqa: E402
 
+from fusion.metrics import dice  # noqa: E402
 from ml_backend.predictors import BoxPredictor, get_predictor  # noqa: E402
 from tests.helpers import sammed2d_masks, tight_box  # noqa: E402
 
@@ -123,11 +124,6 @@ def load_drive(root: Path, limit: int | None) -> list[Structure]:
     return out
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def run_dataset(
     structures: list[Structure],
     predictor: BoxPredictor,
@@ -154,7 +150,7 @@ def run_dataset(
             np.random.default_rng([seed, dataset_index, index, 1]),
             manual,
         )
-        row = Row(item.dataset, item.name, _dice(predicted, item.expert), assisted, manual)
+        row = Row(item.dataset, item.name, dice(predicted, item.expert), assisted, manual)
         rows.append(row)
         if verbose:
             print(

@@ -35,7 +35,8 @@ from medcrowd.embedded import free_port  # noqa: E402
 from medcrowd.settings import config_path  # noqa: E402
 from ml_backend import get_predictor  # noqa: E402
 from ml_backend.cache import EmbeddingCache  # noqa: E402
-from ml_backend.server import BackendConfig, create_app  # noqa: E402
+from ml_backend.config import BackendConfig  # noqa: E402
+from ml_backend.server import create_app  # noqa: E402
 from tests.helpers import box_context  # noqa: E402
 
 

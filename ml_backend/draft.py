@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ml_backend.device import resolve_device
 from ml_backend.errors import ModelUnavailable
 
 __all__ = ["DraftModel"]
@@ -28,18 +29,28 @@ __all__ = ["DraftModel"]
 class DraftModel:
     """A trained :class:`segmenter.trainer.Segmenter` behind a lock.
 
+    Args:
+        path: a ``medcrowd train segmenter`` file.
+        device: ``auto`` | ``cpu`` | ``cuda[:N]``, resolved by
+            :func:`ml_backend.device.resolve_device` (the segmenter takes a resolved one).
+
     Raises:
-        ModelUnavailable: no file, or not a segmenter file (the message says which).
+        ModelUnavailable: no file, not a segmenter file, or the device is unusable (the
+            message says which).
     """
 
     def __init__(self, path: Path, device: str = "auto") -> None:
         path = Path(path)
         if not path.is_file():
             raise ModelUnavailable(f"draft model {path} does not exist")
+        try:
+            resolved = resolve_device(device)
+        except ValueError as exc:
+            raise ModelUnavailable(f"draft model {path}: {exc}") from None
         from segmenter.trainer import Segmenter
 
         try:
-            self.segmenter = Segmenter.load(path, device=device)
+            self.segmenter = Segmenter.load(path, device=resolved)
         except (ValueError, OSError, RuntimeError) as exc:
             raise ModelUnavailable(f"draft model {path} cannot be loaded: {exc}") from exc
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:10]

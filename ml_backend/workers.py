@@ -1,12 +1,13 @@
 """Several backend processes behind one port: gunicorn with uvicorn workers, one model each.
 
-``medcrowd backend serve --workers N`` (N > 1) calls :func:`serve_workers`. This process
+``medcrowd backend serve --workers N`` (N > 1) calls :func:`serve_workers` (through
+:func:`ml_backend.serve.serve`). This process
 becomes the gunicorn master: it binds the port, forks N workers and starts a fresh one when a
 worker dies. The master never imports torch or touches CUDA and nothing is preloaded, so every
 worker builds its own model *after* the fork (forking a process that has initialised CUDA
 breaks CUDA in the child). Workers share ``cache_dir``: the embedding cache and the ONNX
 exports are written to a temp file and renamed into place, and models are loaded one worker
-at a time under a file lock (:func:`ml_backend.server.create_app`), so the first worker
+at a time under a file lock (:func:`ml_backend.engine.load_predictor`), so the first worker
 exports and the others reuse its verified files.
 
 A container or a process manager can run the same thing with gunicorn's own command line;
@@ -18,24 +19,25 @@ the configuration then comes from the environment (secrets never on a command li
     gunicorn --workers 4 --worker-class ml_backend.workers.UvicornWorker \\
         --bind 0.0.0.0:9090 'ml_backend.workers:app_from_env()'
 
-See :func:`config_from_env` for every variable.
+See :meth:`ml_backend.config.BackendConfig.from_env` for every variable.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.errors import HaltServer
 
-from ml_backend.server import BackendConfig, create_app
+from ml_backend.config import BackendConfig
+from ml_backend.server import create_app
 
 with warnings.catch_warnings():
     # uvicorn marks its gunicorn worker deprecated in favour of the separate ``uvicorn-worker``
@@ -43,9 +45,12 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from uvicorn.workers import UvicornWorker as _UvicornWorker
 
-__all__ = ["UvicornWorker", "app_from_env", "config_from_env", "serve_workers"]
+__all__ = ["UvicornWorker", "app_from_env", "gunicorn_options", "serve_workers"]
 
-ENV_PREFIX = "MEDCROWD_BACKEND_"
+log = logging.getLogger("ml_backend.workers")
+
+WORKER_BOOT_ERROR = 3
+"""gunicorn's exit status for a worker that failed to boot (the master then halts)."""
 BOOT_TIMEOUT_S = 900.0
 """How long a worker may take to load its model (a cold ONNX export is ~20 s on 2 cores,
 SAM ViT-H on a CPU minutes) before the master may kill it as hung."""
@@ -67,97 +72,14 @@ class UvicornWorker(_UvicornWorker):
         super().init_process()
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(ENV_PREFIX + name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
-
-
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(ENV_PREFIX + name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{ENV_PREFIX}{name} must be finite, got {raw!r}")
-    return value
-
-
-def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(ENV_PREFIX + name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{ENV_PREFIX}{name} must be true or false, got {raw!r}")
-
-
-def _env_path(env: Mapping[str, str], name: str) -> Path | None:
-    raw = env.get(ENV_PREFIX + name)
-    return Path(raw) if raw else None
-
-
-def config_from_env(env: Mapping[str, str] | None = None) -> BackendConfig:
-    """Build a :class:`BackendConfig` from environment variables (for gunicorn's CLI).
-
-    Variables (all optional; defaults as in :class:`BackendConfig`):
-    ``MEDCROWD_LABEL_STUDIO_URL``, ``MEDCROWD_LABEL_STUDIO_TOKEN``,
-    ``MEDCROWD_BACKEND_USER``, ``MEDCROWD_BACKEND_PASSWORD`` (the same names
-    ``medcrowd backend serve`` reads), and ``MEDCROWD_BACKEND_`` + ``HOST`` (the bind address,
-    only to decide whether auth is mandatory: anything but loopback needs it; default
-    ``0.0.0.0``), ``PREDICTOR``, ``DEVICE``, ``CHECKPOINT``, ``DRAFT_MODEL``, ``CACHE_DIR``,
-    ``LOCAL_FILES_ROOT``, ``ALLOWED_ROOTS`` (``os.pathsep``-separated), ``CACHE_BYTES``,
-    ``MAX_BODY_BYTES``, ``MAX_IMAGE_PIXELS``, ``WARM_ON_IMPORT``, ``MAX_INFLIGHT``,
-    ``MAX_QUEUE``, ``REQUEST_TIMEOUT_S``.
-
-    Raises:
-        ValueError: a malformed value, or settings :meth:`BackendConfig.validate` refuses.
-    """
-    env = os.environ if env is None else env
-    defaults = BackendConfig()
-    user = env.get("MEDCROWD_BACKEND_USER") or ""
-    password = env.get("MEDCROWD_BACKEND_PASSWORD") or ""
-    roots = env.get(ENV_PREFIX + "ALLOWED_ROOTS") or ""
-    config = BackendConfig(
-        host=env.get(ENV_PREFIX + "HOST") or "0.0.0.0",  # noqa: S104 - auth is then mandatory
-        basic_auth=(user, password) if user or password else None,
-        label_studio_url=env.get("MEDCROWD_LABEL_STUDIO_URL") or None,
-        label_studio_token=env.get("MEDCROWD_LABEL_STUDIO_TOKEN") or None,
-        local_files_root=_env_path(env, "LOCAL_FILES_ROOT"),
-        allowed_roots=[Path(r) for r in roots.split(os.pathsep) if r],
-        predictor=env.get(ENV_PREFIX + "PREDICTOR") or defaults.predictor,
-        device=env.get(ENV_PREFIX + "DEVICE") or defaults.device,
-        checkpoint=_env_path(env, "CHECKPOINT"),
-        draft_model=_env_path(env, "DRAFT_MODEL"),
-        cache_dir=_env_path(env, "CACHE_DIR"),
-        cache_bytes=_env_int(env, "CACHE_BYTES", defaults.cache_bytes),
-        max_body_bytes=_env_int(env, "MAX_BODY_BYTES", defaults.max_body_bytes),
-        max_image_pixels=_env_int(env, "MAX_IMAGE_PIXELS", defaults.max_image_pixels),
-        warm_on_import=_env_bool(env, "WARM_ON_IMPORT", defaults.warm_on_import),
-        max_inflight=_env_int(env, "MAX_INFLIGHT", defaults.max_inflight),
-        max_queue=_env_int(env, "MAX_QUEUE", defaults.max_queue),
-        request_timeout_s=_env_float(env, "REQUEST_TIMEOUT_S", defaults.request_timeout_s),
-    )
-    config.validate()
-    return config
-
-
 def app_from_env() -> Any:
-    """The ASGI app for one worker, configured from the environment; loads the model.
+    """The ASGI app for one worker, configured from the environment
+    (:meth:`BackendConfig.from_env`); loads the model.
 
     For ``gunicorn ... 'ml_backend.workers:app_from_env()'`` without ``--preload``: gunicorn
     calls it in each worker after the fork.
     """
-    return create_app(config_from_env())
+    return create_app(BackendConfig.from_env())
 
 
 def _limit_torch_threads(workers: int) -> None:
@@ -209,7 +131,13 @@ class _Gunicorn(BaseApplication):
 
     def load(self) -> Any:
         # Runs in each worker after the fork (preload_app is off): the model loads here.
-        return create_app(self.config)
+        try:
+            return create_app(self.config)
+        except (ValueError, RuntimeError, OSError, ImportError) as exc:
+            # An operator's mistake (no weights, unknown predictor, no CUDA): one log line,
+            # not a traceback; status 3 makes the master stop instead of respawning.
+            log.error("worker %d cannot start: %s", os.getpid(), exc)
+            sys.exit(WORKER_BOOT_ERROR)
 
 
 def gunicorn_options(config: BackendConfig, log_level: str = "info") -> dict[str, Any]:

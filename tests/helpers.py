@@ -187,3 +187,87 @@ def write_volume(array: np.ndarray, path: Path) -> None:
     image.SetOrigin(VOLUME_ORIGIN)
     image.SetDirection(VOLUME_DIRECTION)
     sitk.WriteImage(image, str(path))
+
+
+# -- a stand-in image host for the backend (tests/ml_backend, tests/e2e/test_backend_contract) --
+XML = (REPO / "configs" / "labeling_box_brush.xml").read_text()
+"""The labeling config ``medcrowd up`` uses: Image + RectangleLabels prompt + BrushLabels."""
+
+
+class ImageHost:
+    """A real HTTP server on 127.0.0.1 standing in for an image host (a context manager).
+
+    ``GET /data/upload/<name>`` serves ``files[name]``; ``GET /redirect?to=URL`` answers 302 to
+    ``URL``; anything else 404. Every request's path and headers are recorded in ``hits``.
+    After :meth:`hold`, requests wait (``arrived`` is released once per request that arrives)
+    until :meth:`release` — so a test knows exactly when the backend is inside a fetch.
+    """
+
+    def __init__(self, files: dict[str, bytes] | None = None) -> None:
+        import urllib.parse
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.files: dict[str, bytes] = dict(files or {})
+        self.hits: list[tuple[str, dict[str, str]]] = []
+        self.arrived = threading.Semaphore(0)
+        self._gate = threading.Event()
+        self._gate.set()
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # http.server's naming
+                host.hits.append((self.path, dict(self.headers)))
+                if not host._gate.is_set():
+                    host.arrived.release()
+                    host._gate.wait(timeout=120)
+                parsed = urllib.parse.urlparse(self.path)
+                if parsed.path == "/redirect":
+                    target = urllib.parse.parse_qs(parsed.query)["to"][0]
+                    self.send_response(302)
+                    self.send_header("Location", target)
+                    self.end_headers()
+                    return
+                name = parsed.path.removeprefix("/data/upload/")
+                data = host.files.get(name)
+                if not parsed.path.startswith("/data/upload/") or data is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def hold(self) -> None:
+        """Make requests wait inside the host from now on (see ``arrived``)."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        """Let held and future requests through."""
+        self._gate.set()
+
+    def close(self) -> None:
+        self.release()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> ImageHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

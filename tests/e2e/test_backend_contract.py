@@ -113,7 +113,7 @@ def test_auth_required(backend: BackendHandle, auth: tuple[str, str] | None) -> 
 
 
 def test_non_loopback_without_auth_refuses_to_start() -> None:
-    from ml_backend.server import BackendConfig
+    from ml_backend.config import BackendConfig
 
     with pytest.raises(ValueError, match="without authentication"):
         BackendConfig(host="0.0.0.0", basic_auth=None).validate()  # noqa: S104
@@ -218,9 +218,9 @@ def test_label_studio_reports_a_busy_backend(
     import threading
 
     from medcrowd.embedded import free_port
-    from ml_backend.server import BackendConfig, create_app
-    from tests.helpers import _ThreadedServer
-    from tests.ml_backend.test_server_ssrf import ImageHost
+    from ml_backend.config import BackendConfig
+    from ml_backend.server import create_app
+    from tests.helpers import ImageHost, ThreadedServer
 
     slice_png = (shared_data / "sammed2d_demo" / "images" / "amos_0004_75.png").read_bytes()
     studio = Studio(label_studio.url, label_studio.token)
@@ -239,7 +239,7 @@ def test_label_studio_reports_a_busy_backend(
         warm_on_import=False,
     )
     url = f"http://127.0.0.1:{port}"
-    with _ThreadedServer(create_app(config, predictor=litemedsam), port):
+    with ThreadedServer(create_app(config, predictor=litemedsam), port):
         ml_id = studio.connect_backend(project_id, url, auth)
         context = box_context([100, 100, 300, 300], 512, 512)
         host.hold()

@@ -53,7 +53,8 @@ def test_retrieve_predictions_gives_drafts(
     label_studio: StudioHandle, litemedsam: Any, draft_file: tuple[Path, list[Path]]
 ) -> None:
     from medcrowd.embedded import free_port
-    from ml_backend.server import BackendConfig, create_app
+    from ml_backend.config import BackendConfig
+    from ml_backend.server import create_app
     from segmenter.trainer import Segmenter
 
     model, images = draft_file
@@ -109,7 +110,8 @@ def test_retrieve_predictions_gives_drafts(
 def test_missing_or_corrupt_draft_model_is_a_clear_start_error(
     litemedsam: Any, tmp_path: Path
 ) -> None:
-    from ml_backend.server import BackendConfig, create_app
+    from ml_backend.config import BackendConfig
+    from ml_backend.server import create_app
 
     with pytest.raises(ModelUnavailable, match="does not exist"):
         create_app(BackendConfig(draft_model=tmp_path / "nope.pt"), predictor=litemedsam)

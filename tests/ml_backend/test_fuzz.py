@@ -42,12 +42,12 @@ from PIL import Image
 
 from medcrowd.embedded import free_port
 from ml_backend.cache import EmbeddingCache
+from ml_backend.config import BackendConfig
 from ml_backend.images import decode_image
 from ml_backend.predictors import LiteMedSAMPredictor
 from ml_backend.rle import rle_to_mask
-from ml_backend.server import BackendConfig, create_app
-from tests.helpers import ThreadedServer, box_context
-from tests.ml_backend.test_server_ssrf import XML, ImageHost
+from ml_backend.server import create_app
+from tests.helpers import XML, ImageHost, ThreadedServer, box_context
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from medcrowd.embedded import free_port
-from ml_backend.server import BackendConfig, create_app
+from ml_backend.config import BackendConfig
+from ml_backend.server import create_app
 from tests.helpers import ThreadedServer
 
 USER = "labelstudio"

@@ -28,12 +28,12 @@ import numpy as np
 import pytest
 
 from medcrowd.embedded import free_port
+from ml_backend.config import BackendConfig
 from ml_backend.images import decode_image
 from ml_backend.predictors import LiteMedSAMPredictor
 from ml_backend.rle import rle_to_mask
-from ml_backend.server import BackendConfig, create_app
-from tests.helpers import ThreadedServer, box_context
-from tests.ml_backend.test_server_ssrf import XML, ImageHost
+from ml_backend.server import create_app
+from tests.helpers import XML, ImageHost, ThreadedServer, box_context
 
 AUTH = ("labelstudio", secrets.token_urlsafe(12))
 
@@ -127,14 +127,14 @@ def test_full_queue_answers_503_at_once(lite: LiteMedSAMPredictor, held_host: Im
         state = health(client)  # /health answers while the model threads are busy
         assert (state["inflight"], state["queued"]) == (1, 1)
 
-        start = time.monotonic()
+        # Answered while both admitted requests are still held: the refusal did not wait
+        # for a slot, and the refused request never reached the image host.
         third = client.post("/predict", json=upload(2))
-        refused_in = time.monotonic() - start
         assert third.status_code == 503, third.text
         assert "busy" in third.json()["error"]
         assert int(third.headers["retry-after"]) >= 1
-        assert refused_in < 5.0, f"a refusal must be immediate, took {refused_in:.1f} s"
         assert not first.done() and not second.done()
+        assert [path for path, _ in held_host.hits] == ["/data/upload/0/slice.png"]
 
         held_host.release()
         for future in (first, second):
@@ -257,9 +257,7 @@ def test_a_slow_body_gets_408(lite: LiteMedSAMPredictor) -> None:
                 b"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + credentials
                 + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"ta"
             )  # fmt: skip
-            start = time.monotonic()
-            answer = sock.recv(65536)
-            waited = time.monotonic() - start
+            answer = sock.recv(65536)  # the server speaks first: we never finish the body
             head, _, rest = answer.partition(b"\r\n\r\n")
             length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
             while len(rest) < length and (chunk := sock.recv(65536)):
@@ -267,7 +265,6 @@ def test_a_slow_body_gets_408(lite: LiteMedSAMPredictor) -> None:
             answer = head + b"\r\n\r\n" + rest
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b"not received within 1 s" in answer
-        assert 0.5 < waited < 20, waited
         assert health(client)["status"] == "UP"
 
 
@@ -275,7 +272,7 @@ def test_the_import_warm_queue_is_bounded(
     lite: LiteMedSAMPredictor, held_host: ImageHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A webhook naming thousands of tasks cannot queue unbounded background work."""
-    monkeypatch.setattr("ml_backend.server.MAX_WARM_PENDING", 3)
+    monkeypatch.setattr("ml_backend.engine.MAX_WARM_PENDING", 3)
     with serve(lite, label_studio_url=held_host.url, warm_on_import=True) as (client, engine):
         tasks = [{"id": i, "data": {"image": f"/data/upload/{i}/slice.png"}} for i in range(10)]
         hook = {"action": "TASKS_CREATED", "tasks": tasks, "project": {"label_config": XML}}
@@ -284,5 +281,5 @@ def test_the_import_warm_queue_is_bounded(
         assert held_host.arrived.acquire(timeout=60)
         assert client.post("/webhook", json=hook).json()["queued"] == 0  # still full
         held_host.release()
-        wait_for(lambda: engine._warm_pending == 0, "the warm queue to drain")
+        wait_for(lambda: engine.warm_pending == 0, "the warm queue to drain")
         assert client.post("/webhook", json=hook).json()["queued"] == 3

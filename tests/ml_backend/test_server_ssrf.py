@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import io
 import secrets
-import threading
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,83 +24,9 @@ import pytest
 from PIL import Image
 
 from medcrowd.embedded import free_port
-from medcrowd.settings import config_path
-from ml_backend.server import BackendConfig, create_app
-from tests.helpers import ThreadedServer, box_context
-
-XML = config_path("labeling_box_brush.xml").read_text()
-
-
-@dataclass
-class ImageHost:
-    """A real HTTP server on 127.0.0.1 standing in for an image host.
-
-    ``GET /data/upload/<name>`` serves ``files[name]``; ``GET /redirect?to=URL`` answers 302 to
-    ``URL``; anything else 404. Every request's path and headers are recorded in ``hits``.
-    After :meth:`hold`, requests wait (``arrived`` counts them) until :meth:`release`.
-    """
-
-    files: dict[str, bytes] = field(default_factory=dict)
-    hits: list[tuple[str, dict[str, str]]] = field(default_factory=list)
-    arrived: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
-    _gate: threading.Event = field(default_factory=threading.Event)
-    _server: ThreadingHTTPServer | None = None
-
-    def __post_init__(self) -> None:
-        self._gate.set()
-        host = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # http.server's naming
-                host.hits.append((self.path, dict(self.headers)))
-                if not host._gate.is_set():
-                    host.arrived.release()
-                    host._gate.wait(timeout=120)
-                parsed = urllib.parse.urlparse(self.path)
-                if parsed.path == "/redirect":
-                    target = urllib.parse.parse_qs(parsed.query)["to"][0]
-                    self.send_response(302)
-                    self.send_header("Location", target)
-                    self.end_headers()
-                    return
-                name = parsed.path.removeprefix("/data/upload/")
-                data = host.files.get(name)
-                if not parsed.path.startswith("/data/upload/") or data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def hold(self) -> None:
-        self._gate.clear()
-
-    def release(self) -> None:
-        self._gate.set()
-
-    def close(self) -> None:
-        self.release()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+from ml_backend.config import BackendConfig
+from ml_backend.server import create_app
+from tests.helpers import XML, ImageHost, ThreadedServer, box_context
 
 
 def png_bytes(array: np.ndarray) -> bytes:

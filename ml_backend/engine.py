@@ -1,0 +1,366 @@
+"""Prompt → mask behind a bounded queue: what the HTTP server calls, without any HTTP.
+
+:class:`Engine` holds the predictor (loaded once per process), the image fetcher, the optional
+draft segmenter and two executors: the predict :class:`ModelQueue` and the background warmer
+that precomputes embeddings for newly imported tasks.
+
+Load is bounded per process: at most ``max_inflight`` predict jobs are worked on at once (the
+model itself runs one call at a time, under a lock) and at most ``max_queue`` wait; beyond that
+:meth:`ModelQueue.try_submit` refuses at once (the server answers 503 with ``Retry-After``).
+A job whose client has been answered (504) may finish in the background, still holding its
+slot, so abandoned work can never pile up threads.
+
+Example (``predictor`` a :class:`~ml_backend.predictors.BoxPredictor`)::
+
+    engine = Engine(predictor, ImageFetcher(label_studio_url="http://ls:8080"))
+    job = engine.queue.try_submit(engine.predict_tasks, tasks, xml, context, threading.Event())
+    results = job.result() if job is not None else "busy"
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ml_backend.config import BackendConfig
+from ml_backend.errors import InvalidInput
+from ml_backend.images import ImageFetcher
+from ml_backend.labeling import (
+    LabelingConfig,
+    box_prompt_from_context,
+    brush_result,
+    parse_label_config,
+)
+
+__all__ = ["MAX_WARM_PENDING", "Engine", "ModelQueue", "build_engine", "load_predictor"]
+
+log = logging.getLogger("ml_backend.engine")
+
+T = TypeVar("T")
+
+MAX_WARM_PENDING = 4096
+"""Most webhook embedding jobs waiting at once; further images are skipped (logged)."""
+
+
+class ModelQueue:
+    """Runs predict jobs on ``max_inflight`` threads and lets at most ``max_queue`` wait.
+
+    A job holds its slot from admission until it really ends (or is cancelled before it
+    started), so work whose client already got a 504 still counts: the number of threads
+    and of queued jobs stays bounded however many requests time out.
+
+    Attributes:
+        refused: jobs refused because the queue was full.
+        timed_out: jobs whose caller gave up waiting (counted by the caller).
+    """
+
+    def __init__(self, max_inflight: int, max_queue: int) -> None:
+        self.max_inflight = max_inflight
+        self.capacity = max_inflight + max_queue
+        self._executor = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="predict")
+        self._lock = threading.Lock()
+        self._admitted = 0
+        self._running = 0
+        self._mean_s = 1.0  # running mean of a job's duration, for Retry-After
+        self.refused = 0
+        self.timed_out = 0
+
+    def try_submit(self, fn: Callable[..., T], *args: Any) -> Future[T] | None:
+        """Start or queue ``fn(*args)``; None when running + waiting jobs fill the capacity."""
+        with self._lock:
+            if self._admitted >= self.capacity:
+                self.refused += 1
+                return None
+            self._admitted += 1
+        try:
+            future = self._executor.submit(self._run, fn, *args)
+        except BaseException:
+            self._release(None)
+            raise
+        # Registered before the caller wraps the future, so the slot is free again before
+        # the caller's response goes out.
+        future.add_done_callback(self._release)
+        return future
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._lock:
+            self._running += 1
+        start = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            elapsed = time.monotonic() - start
+            with self._lock:
+                self._running -= 1
+                self._mean_s = 0.8 * self._mean_s + 0.2 * elapsed
+
+    def _release(self, _: object) -> None:
+        with self._lock:
+            self._admitted -= 1
+
+    def retry_after_s(self) -> int:
+        """Seconds until a slot is likely free: mean job time × jobs ahead per thread."""
+        with self._lock:
+            waves = self._admitted / self.max_inflight
+            return int(min(120.0, max(1.0, math.ceil(self._mean_s * waves))))
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """``(running, waiting)`` jobs now."""
+        with self._lock:
+            return self._running, self._admitted - self._running
+
+
+class Engine:
+    """The predictor behind a lock, the bounded predict queue and the background warmer.
+
+    Label Studio's ML API builds a new model object per request; here the heavy model lives
+    once per process and requests stay thin.
+
+    Args:
+        predictor: a ``BoxPredictor`` (``set_image`` + ``predict_box``; optional ``warm``).
+        fetcher: fetches task image URLs (only from the allowed hosts and roots).
+        max_inflight, max_queue: bounds of :attr:`queue`.
+        draft: a :class:`~ml_backend.draft.DraftModel` answering box-less calls, or None.
+
+    Attributes:
+        warmed: embeddings the warmer computed.
+    """
+
+    def __init__(
+        self,
+        predictor: Any,
+        fetcher: ImageFetcher,
+        max_inflight: int = 2,
+        max_queue: int = 32,
+        draft: Any | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self.fetcher = fetcher
+        self.draft = draft
+        self.lock = threading.Lock()
+        self.queue = ModelQueue(max_inflight, max_queue)
+        self.warmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm")
+        self.warmed = 0
+        self._warm_pending = 0
+        self._warm_lock = threading.Lock()
+
+    @property
+    def model_version(self) -> str:
+        return str(getattr(self.predictor, "model_id", type(self.predictor).__name__))
+
+    @property
+    def warm_pending(self) -> int:
+        """Images queued for the warmer and not yet done."""
+        with self._warm_lock:
+            return self._warm_pending
+
+    def predict_tasks(
+        self, tasks: list[Any], xml: str, context: Any, cancelled: threading.Event
+    ) -> list[dict[str, Any] | list[Any]]:
+        """One result per task, in order; stops early once ``cancelled`` is set (the client
+        has been answered)."""
+        results: list[dict[str, Any] | list[Any]] = []
+        for task in tasks:
+            if cancelled.is_set():
+                log.info("abandoning a timed-out prediction after %d tasks", len(results))
+                break
+            results.append(self.predict_task(task, xml, context))
+        return results
+
+    def predict_task(
+        self, task: dict[str, Any], xml: str, context: Any
+    ) -> dict[str, Any] | list[Any]:
+        """The prediction for one task: the box's mask, the draft's, or ``[]`` for none.
+
+        Raises:
+            InvalidInput: malformed task, context or rectangle; an image that cannot be used.
+            UpstreamError: Label Studio failed to serve the image.
+        """
+        if not isinstance(task, dict):
+            raise InvalidInput("each task must be an object")
+        config = parse_label_config(xml)
+        if context is not None and not isinstance(context, dict):
+            raise InvalidInput("params.context must be an object")
+        boxless = not context or not context.get("result")
+        if boxless and self.draft is None:
+            return []  # no box drawn (batch call): no prediction, not an empty one
+        data = task.get("data")
+        if not isinstance(data, dict) or config.image_key not in data:
+            raise InvalidInput(f"task has no image under data.{config.image_key}")
+        if boxless or context is None:
+            return self._draft(data[config.image_key], config)
+        _check_rectangle_numbers(context)
+        image = self.fetcher.fetch(data[config.image_key])
+        height, width = image.shape[:2]
+        prompt = box_prompt_from_context(context, config, width, height)
+        if prompt is None:
+            return []
+        with self.lock:
+            self.predictor.set_image(image)
+            mask, score = self.predictor.predict_box(list(prompt.box_xyxy))
+        result = brush_result(mask, prompt.label, config.brush_name, config.image_name)
+        result["score"] = float(score)
+        return {"result": [result], "score": float(score), "model_version": self.model_version}
+
+    def _draft(self, url: Any, config: LabelingConfig) -> dict[str, Any] | list[Any]:
+        """The draft segmenter's whole-image mask (prompt-free pre-annotation), or ``[]``
+        when it finds nothing."""
+        draft = self.draft
+        if draft is None:
+            return []
+        mask = draft.predict(self.fetcher.fetch(url))
+        if not mask.any():
+            return []
+        label = config.brush_labels[0] if config.brush_labels else "Organ"
+        result = brush_result(mask, label, config.brush_name, config.image_name)
+        return {"result": [result], "model_version": draft.model_version}
+
+    def warm_tasks(self, tasks: list[Any], image_key: str | None) -> int:
+        """Queue embedding precomputation for the tasks' images; returns how many queued."""
+        queued = skipped = 0
+        for task in tasks:
+            data = task.get("data") if isinstance(task, dict) else None
+            if not isinstance(data, dict):
+                continue
+            keys = [image_key] if image_key else list(data)
+            url = next((data[k] for k in keys if isinstance(data.get(k), str)), None)
+            if url is None:
+                continue
+            with self._warm_lock:
+                if self._warm_pending >= MAX_WARM_PENDING:
+                    skipped += 1
+                    continue
+                self._warm_pending += 1
+            self.warmer.submit(self._warm_one, url).add_done_callback(self._warm_done)
+            queued += 1
+        if skipped:
+            log.warning("warm queue full: %d images not precomputed", skipped)
+        return queued
+
+    def _warm_done(self, _: object) -> None:
+        with self._warm_lock:
+            self._warm_pending -= 1
+
+    def _warm_one(self, url: str) -> None:
+        try:
+            image = self.fetcher.fetch(url)
+            warm = getattr(self.predictor, "warm", None)
+            if warm is not None and warm(image):
+                self.warmed += 1
+        except Exception:  # a bad task must not kill the warmer; the log says which
+            log.warning("could not precompute the embedding for %.200s", url, exc_info=True)
+
+
+def build_engine(config: BackendConfig, predictor: Any | None = None) -> Engine:
+    """The engine ``config`` describes; loads the predictor (and draft model) unless given.
+
+    Args:
+        config: validated settings.
+        predictor: an already-built ``BoxPredictor`` (tests and benchmarks share one); None
+            builds ``config.predictor`` on ``config.device`` (:func:`load_predictor`).
+
+    Raises:
+        ValueError: unknown predictor name.
+        ModelUnavailable: weights or draft model missing or unusable, device unavailable.
+    """
+    draft = None
+    if config.draft_model is not None:  # first: a bad draft file fails before a slow model load
+        from ml_backend.draft import DraftModel
+
+        draft = DraftModel(config.draft_model, device=config.device)
+    if predictor is None:
+        predictor = load_predictor(config)
+    fetcher = ImageFetcher(
+        label_studio_url=config.label_studio_url,
+        token=config.label_studio_token,
+        local_files_root=config.local_files_root,
+        allowed_roots=list(config.allowed_roots),
+        max_pixels=config.max_image_pixels,
+    )
+    return Engine(predictor, fetcher, config.max_inflight, config.max_queue, draft)
+
+
+def load_predictor(config: BackendConfig) -> Any:
+    """Build ``config.predictor`` once for this process, one process at a time per cache.
+
+    Workers sharing a cache directory load their models one at a time, so the first exports
+    the ONNX files and the others find them verified instead of exporting in parallel.
+    """
+    from ml_backend.cache import EmbeddingCache
+    from ml_backend.predictors import get_predictor
+
+    cache_dir = config.cache_dir
+    with _exclusive(cache_dir / ".model-load.lock" if cache_dir else None):
+        return get_predictor(
+            config.predictor,
+            device=config.device,
+            checkpoint=config.checkpoint,
+            cache=EmbeddingCache(
+                max_bytes=config.cache_bytes,
+                directory=cache_dir / "embeddings" if cache_dir else None,
+            ),
+            cache_dir=cache_dir,
+        )
+
+
+@contextmanager
+def _exclusive(path: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (POSIX ``flock``); a no-op without a path or fcntl."""
+    if path is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _short(value: object) -> str:
+    """A repr short enough for an error message (huge ints cannot even be repr'd)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_rectangle_numbers(context: dict[str, Any]) -> None:
+    """Rectangle coordinates must be finite JSON numbers, before any arithmetic on them."""
+    regions = context.get("result")
+    if not isinstance(regions, list):
+        return  # box_prompt_from_context says what is wrong
+    for region in regions:
+        if not isinstance(region, dict) or region.get("type") != "rectanglelabels":
+            continue
+        value = region.get("value")
+        if not isinstance(value, dict):
+            continue
+        for key in ("x", "y", "width", "height", "rotation"):
+            raw = value.get(key)
+            if raw is None and key == "rotation":
+                continue
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise InvalidInput(f"rectangle value {key!r} must be a number, got {_short(raw)}")
+            try:
+                finite = math.isfinite(float(raw))
+            except OverflowError:
+                finite = False
+            if not finite:
+                raise InvalidInput(
+                    f"rectangle value {key!r} must be a finite number, got {_short(raw)}"
+                )
