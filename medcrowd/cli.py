@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from medcrowd.cli_segmenter import evaluate_command, select_command, train_app
 from medcrowd.cli_synth import export_command, synth_app
 from medcrowd.connection import DataDirOption, TokenOption, UrlOption, cli_errors, open_studio
 from medcrowd.console import console, err, error, progress
 from medcrowd.settings import default_data_dir
+
+
+class _LazyGroup(TyperGroup):
+    """A subcommand group whose module is imported only when one of its commands is asked
+    for (``medcrowd backend serve`` imports the backend's config: seconds)."""
+
+    target: tuple[str, str] = ("", "")
+
+    def _group(self) -> Any:
+        import importlib
+
+        module, attr = self.target
+        return typer.main.get_group(getattr(importlib.import_module(module), attr))
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self._group().list_commands(ctx))
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        return self._group().get_command(ctx, name)
+
+
+class _BackendGroup(_LazyGroup):
+    target = ("medcrowd.cli_backend", "backend_app")
+
 
 app = typer.Typer(
     name="medcrowd",
@@ -21,8 +45,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-backend_app = typer.Typer(help="The Label Studio ML backend (MedSAM box → mask).")
-app.add_typer(backend_app, name="backend")
+app.add_typer(
+    typer.Typer(cls=_BackendGroup, help="The Label Studio ML backend (MedSAM box → mask)."),
+    name="backend",
+)  # medcrowd.cli_backend.backend_app, imported when a backend command runs
 app.add_typer(synth_app, name="synth")
 app.command("export")(export_command)
 app.add_typer(train_app, name="train")
@@ -97,128 +123,6 @@ def up(
             err.print(rest, markup=False, highlight=False)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
-
-
-@backend_app.command("serve")
-def backend_serve(
-    host: Annotated[str, typer.Option(help="Bind address; non-loopback needs basic auth.")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option(help="Port.")] = 9090,
-    label_studio_url: Annotated[
-        str | None,
-        typer.Option(
-            help="The Label Studio host images are fetched from (the only one).",
-            envvar="MEDCROWD_LABEL_STUDIO_URL",
-        ),
-    ] = None,
-    label_studio_token: Annotated[
-        str | None,
-        typer.Option(
-            help="The backend's own Label Studio API token.",
-            envvar="MEDCROWD_LABEL_STUDIO_TOKEN",
-            show_default=False,
-        ),
-    ] = None,
-    basic_auth_user: Annotated[
-        str | None,
-        typer.Option(
-            help="HTTP Basic user Label Studio must send.", envvar="MEDCROWD_BACKEND_USER"
-        ),
-    ] = None,
-    basic_auth_pass: Annotated[
-        str | None,
-        typer.Option(
-            help="HTTP Basic password.", envvar="MEDCROWD_BACKEND_PASSWORD", show_default=False
-        ),
-    ] = None,
-    predictor: Annotated[str, typer.Option(help="litemedsam | medsam | sam_vit_b|l|h.")] = (
-        "litemedsam"
-    ),
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(help="Weights for medsam / sam_* (never downloaded)."),
-    ] = None,
-    draft_model: Annotated[
-        Path | None,
-        typer.Option(
-            help="A `medcrowd train segmenter` file: tasks opened without a box get its mask "
-            "as a draft.",
-            envvar="MEDCROWD_BACKEND_DRAFT_MODEL",
-        ),
-    ] = None,
-    cache_dir: Annotated[
-        Path | None, typer.Option(help="On-disk embedding cache and exported ONNX models.")
-    ] = None,
-    local_files_root: Annotated[
-        Path | None,
-        typer.Option(help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT, if shared on disk."),
-    ] = None,
-    allowed_root: Annotated[
-        list[Path] | None,
-        typer.Option(help="Directory local-file images must lie in (repeatable)."),
-    ] = None,
-    workers: Annotated[
-        int,
-        typer.Option(
-            help="Server processes, one model each; more than 1 runs them under gunicorn.",
-            envvar="MEDCROWD_BACKEND_WORKERS",
-        ),
-    ] = 1,
-    max_inflight: Annotated[
-        int,
-        typer.Option(
-            help="Predict requests each worker works on at once.",
-            envvar="MEDCROWD_BACKEND_MAX_INFLIGHT",
-        ),
-    ] = 2,
-    max_queue: Annotated[
-        int,
-        typer.Option(
-            help="Predict requests each worker lets wait; beyond that: 503 + Retry-After.",
-            envvar="MEDCROWD_BACKEND_MAX_QUEUE",
-        ),
-    ] = 32,
-    request_timeout: Annotated[
-        float,
-        typer.Option(
-            help="Seconds before a predict request is answered 504.",
-            envvar="MEDCROWD_BACKEND_REQUEST_TIMEOUT_S",
-        ),
-    ] = 90.0,
-    log_level: Annotated[str, typer.Option(help="debug | info | warning.")] = "info",
-) -> None:
-    """Serve the ML backend that Label Studio calls (/health /setup /predict /webhook)."""
-    from ml_backend.server import BackendConfig, serve
-
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    auth = None
-    if basic_auth_user or basic_auth_pass:
-        auth = (basic_auth_user or "", basic_auth_pass or "")
-    try:
-        config = BackendConfig(
-            host=host,
-            port=port,
-            basic_auth=auth,
-            label_studio_url=label_studio_url,
-            label_studio_token=label_studio_token,
-            local_files_root=local_files_root,
-            allowed_roots=list(allowed_root or []),
-            predictor=predictor,
-            device=device,
-            checkpoint=checkpoint,
-            draft_model=draft_model,
-            cache_dir=cache_dir or default_data_dir() / "cache",
-            workers=workers,
-            max_inflight=max_inflight,
-            max_queue=max_queue,
-            request_timeout_s=request_timeout,
-        )
-        serve(config, log_level=log_level.lower())
-    except (ValueError, RuntimeError) as exc:  # ModelUnavailable is a RuntimeError
-        error(exc)
-        raise typer.Exit(2) from None
 
 
 # -- commands that talk to a Label Studio (found by medcrowd.connection) ------------------

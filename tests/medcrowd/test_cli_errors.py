@@ -33,9 +33,10 @@ from tests.helpers import StudioHandle
 
 def _leaf_commands() -> Iterator[tuple[str, Any]]:
     def walk(cmd: Any, path: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
-        if hasattr(cmd, "commands"):  # a group: its subcommands
-            for name, sub in sorted(cmd.commands.items()):
-                yield from walk(sub, (*path, name))
+        if hasattr(cmd, "list_commands"):  # a group (lazy ones too): its subcommands
+            ctx = typer.Context(cmd)
+            for name in sorted(cmd.list_commands(ctx)):
+                yield from walk(cmd.get_command(ctx, name), (*path, name))
         else:
             yield " ".join(path), cmd
 
