@@ -1,0 +1,95 @@
+"""Staff and volunteers, through the Label Studio plugin's staff API (``/medcrowd/api/...``).
+
+Label Studio Community has no roles; medcrowd's plugin (:mod:`medcrowd.lsplugin`) adds them:
+staff (the admin and experts) keep every right, volunteers may only label the tasks the queue
+serves them. This module is the client side, used by ``medcrowd volunteers`` /
+``medcrowd experts``; every call needs a staff API token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from medcrowd.studio import StudioError
+
+if TYPE_CHECKING:
+    from medcrowd.studio import Studio
+
+__all__ = [
+    "Account",
+    "PluginMissing",
+    "add_account",
+    "list_accounts",
+    "set_role",
+    "signup_link",
+]
+
+Role = Literal["staff", "volunteer"]
+ROLES_PATH = "/medcrowd/api/roles/"
+INVITE_PATH = "/medcrowd/api/invite/"
+
+
+class PluginMissing(StudioError):
+    """Label Studio runs without medcrowd's plugin: roles cannot be read or set."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """One account of the organisation: ``role`` is ``"staff"`` or ``"volunteer"``."""
+
+    id: int
+    email: str
+    role: str
+
+
+def _call(studio: Studio, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        return studio.request(method, path, **kwargs).json()
+    except StudioError as exc:
+        if exc.status_code == 404 and path.startswith("/medcrowd/"):
+            raise PluginMissing(
+                f"Label Studio at {studio.url} runs without medcrowd's plugin (start it with "
+                "`medcrowd up`, or with DJANGO_SETTINGS_MODULE=medcrowd.lsplugin.settings)",
+                404,
+            ) from None
+        raise
+
+
+def list_accounts(studio: Studio) -> list[Account]:
+    """Every account of the organisation with its role, by id."""
+    users = _call(studio, "GET", ROLES_PATH)["users"]
+    return sorted((Account(int(u["id"]), str(u["email"]), str(u["role"])) for u in users),
+                  key=lambda a: a.id)  # fmt: skip
+
+
+def set_role(studio: Studio, email: str, role: Role) -> Account:
+    """Give the account ``email`` the role ``role`` (a superuser stays staff).
+
+    Raises:
+        StudioError: no such account (404), a superuser demoted (400), not staff (403).
+    """
+    u = _call(studio, "POST", ROLES_PATH, json={"email": email, "role": role})
+    return Account(int(u["id"]), str(u["email"]), str(u["role"]))
+
+
+def signup_link(studio: Studio) -> str:
+    """The live signup link (it expires; an expired one is replaced when asked again).
+
+    Anyone signing up through it becomes a volunteer.
+    """
+    invite = _call(studio, "GET", INVITE_PATH)
+    return f"{studio.url}{invite['url']}"
+
+
+def add_account(studio: Studio, email: str, password: str, role: Role = "volunteer") -> Account:
+    """Create an account through the signup link (a volunteer), then promote it if ``role``
+    is ``"staff"``.
+
+    Raises:
+        ValueError: the signup was refused (the email taken, the password too weak).
+    """
+    user_id, _ = studio.create_volunteer(email, password)
+    if role == "staff":
+        return set_role(studio, email, "staff")
+    return Account(user_id, email, "volunteer")
