@@ -1,7 +1,9 @@
 """The middleware that enforces the volunteer allow-list on every request.
 
-It runs last in Label Studio's middleware chain, in ``process_view``: Django has resolved the
-URL (``request.resolver_match.route`` is the key of :mod:`medcrowd.lsplugin.policy`), the
+It sits just before Django's CSRF check in Label Studio's middleware chain (so a refused request
+is answered by the policy, not by whatever else is wrong with it) and works in ``process_view``,
+which Django calls after every middleware's request phase: Django has resolved the URL
+(``request.resolver_match.route`` is the key of :mod:`medcrowd.lsplugin.policy`), the
 session's user is known and the token is resolved here (:func:`.access.identities`). For a
 request made as a volunteer (by session or by token; if either identity is a volunteer, the
 request is treated as the volunteer's):

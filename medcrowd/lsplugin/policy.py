@@ -102,6 +102,11 @@ ALLOWED: dict[str, Rule] = {
     "^logout/?$": _rule("GET POST"),
     "^api/current-user/whoami": _rule("GET", filter="whoami"),
     "^api/current-user/token": _rule("GET"),
+    # their own API tokens (legacy token reset, personal access tokens): self-only views
+    "^api/current-user/reset-token/": _rule("POST"),
+    "^api/token/": _rule("GET POST"),
+    "^api/token/refresh/": _rule("POST"),
+    "^api/token/blacklist/": _rule("POST"),
     "medcrowd/me": _rule("GET"),
     # -- the labelling page and what it reads ------------------------------------------------
     "^projects/<int:pk>/": _rule("GET", check="project"),

@@ -4,8 +4,8 @@ Label Studio's ``label-studio start`` (``label_studio/server.py``) and ``manage.
 ``setdefault`` ``DJANGO_SETTINGS_MODULE``, so starting it with
 ``DJANGO_SETTINGS_MODULE=medcrowd.lsplugin.settings`` in the environment loads this module.
 It imports everything from ``label_studio.core.settings.label_studio`` and adds the app, its
-middleware (last, so the user of a session and Label Studio's JWT are already resolved) and a
-URL configuration holding Label Studio's URLs plus ``/medcrowd/...``.
+middleware (before Django's CSRF check) and a URL configuration holding Label Studio's URLs
+plus ``/medcrowd/...``.
 
 Like Label Studio's settings, the plugin's knobs come from the environment:
 
