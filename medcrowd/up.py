@@ -84,10 +84,10 @@ def run_up(opts: UpOptions, say: Callable[[str], None] = print) -> int:
         where = f"on {opts.database.redacted()}, " if opts.database else ""
         say(f"Starting Label Studio ({where}data in {opts.data_dir}; first start takes ~1 min) …")
         studio_proc.start()
+        write_instance(opts.data_dir, Instance(url=studio_proc.url, token=creds.token))
         say("Starting the ML backend (loads LiteMedSAM once) …")
         backend.start()
         studio = Studio(studio_proc.url, creds.token)
-        write_instance(opts.data_dir, Instance(url=studio_proc.url, token=creds.token))
         label_config = config_path("labeling_box_brush.xml").read_text()
         project_id = studio.ensure_project(opts.project, label_config)
         report: ImportReport = studio.import_images(
