@@ -166,3 +166,44 @@ def test_validation_errors() -> None:
         CrowdStaple().fit_predict([np.zeros((4, 4), bool)], [["a"]])
     with pytest.raises(ValueError):
         CrowdStaple(init_sensitivity=1.0)
+
+
+def _wobbly(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``truth`` with ~1 px smooth boundary noise (a careful human outline)."""
+    from scipy import ndimage
+
+    sd = ndimage.distance_transform_edt(~truth) - ndimage.distance_transform_edt(truth)
+    noise = ndimage.gaussian_filter(rng.standard_normal(truth.shape), 3)
+    return np.asarray(sd < 0.5 + (noise - noise.mean()) / noise.std())
+
+
+def test_one_systematically_larger_rater_does_not_inflate_the_area() -> None:
+    """3 raters per task, one always draws 3 px too large (as real experts do): the fused
+    area stays at the majority vote's. The old disagreement-only estimate (``anchor=0``)
+    split the mixture along that rater's votes here: area +4 % over the majority vote."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    tasks, truths = [], []
+    yy, xx = np.ogrid[:96, :96]
+    for _ in range(8):
+        cy, cx = rng.integers(35, 61, 2)
+        truth = (yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(14, 24) ** 2
+        big = ndimage.binary_dilation(_wobbly(truth, rng), iterations=3)
+        tasks.append(np.stack([_wobbly(truth, rng), _wobbly(truth, rng), big]))
+        truths.append(truth)
+    anns = [["a", "b", "big"]] * len(tasks)
+    mv = [MajorityVote().fit_predict(m).mask for m in tasks]
+    fused = CrowdStaple().fit_predict(tasks, anns).masks
+    area_ratio = sum(int(f.sum()) for f in fused) / sum(int(m.sum()) for m in mv)
+    assert abs(area_ratio - 1.0) < 0.02
+    crowd_dice = np.mean([dice(f, t) for f, t in zip(fused, truths, strict=True)])
+    mv_dice = np.mean([dice(m, t) for m, t in zip(mv, truths, strict=True)])
+    assert crowd_dice >= mv_dice - 0.005
+    assert crowd_dice > 0.95
+
+
+def test_anchor_is_validated() -> None:
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="anchor"):
+            CrowdStaple(anchor=bad)
