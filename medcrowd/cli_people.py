@@ -23,6 +23,13 @@ volunteers_app = typer.Typer(help="Volunteer accounts and roles.", no_args_is_he
 experts_app = typer.Typer(help="Expert (staff) accounts.", no_args_is_help=True)
 
 
+@experts_app.callback()
+def _experts() -> None:
+    """Expert (staff) accounts: every right, like the admin."""
+    # A callback keeps `experts` a command group with one sub-command (`experts add EMAIL`),
+    # mounted or not (typer collapses a one-command app otherwise).
+
+
 class RoleChoice(str, Enum):
     volunteer = "volunteer"
     expert = "expert"

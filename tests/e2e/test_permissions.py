@@ -602,6 +602,36 @@ def test_invitations_expire(plugged: Plugged, world: World) -> None:
     assert never_issued.status_code == 403
 
 
+# -- the CLI's client side -----------------------------------------------------------------
+def test_roles_client_and_cli(plugged: Plugged, world: World) -> None:
+    from typer.testing import CliRunner
+
+    from medcrowd import roles
+    from medcrowd.cli_people import experts_app, volunteers_app
+
+    admin = plugged.admin
+    accounts = {acc.email: acc for acc in roles.list_accounts(admin)}
+    assert accounts[world.b.email].role == "volunteer"
+    assert roles.set_role(admin, world.b.email, "staff").role == "staff"
+    assert roles.set_role(admin, world.b.email, "volunteer").role == "volunteer"
+    link = roles.signup_link(admin)
+    assert "/user/signup/?token=" in link and httpx.get(link).status_code == 200
+
+    conn = ["--url", plugged.url, "--token", admin.token]
+    runner = CliRunner()
+    listed = runner.invoke(volunteers_app, ["list", *conn], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    assert re.search(rf"{re.escape(world.a.email)}\s*│\s*volunteer", listed.output)
+    env = {"MEDCROWD_VOLUNTEER_PASSWORD": PASSWORD}
+    made = runner.invoke(experts_app, ["add", "cli-expert@example.com", *conn], env=env)
+    assert made.exit_code == 0, made.output
+    assert "expert cli-expert@example.com created" in made.output
+    demoted = runner.invoke(volunteers_app, ["demote", "cli-expert@example.com", *conn])
+    assert demoted.exit_code == 0 and "is now a volunteer" in demoted.output
+    refused = runner.invoke(volunteers_app, ["demote", plugged.admin_email, *conn])
+    assert refused.exit_code == 1
+
+
 def test_zz_login_is_rate_limited(plugged: Plugged) -> None:
     """Last in the module: it spends this client IP's login budget for a minute."""
     client = httpx.Client(base_url=plugged.url, timeout=60.0)
