@@ -8,7 +8,9 @@ Measured two ways on the same images:
 
 Cold = an image the backend has never seen (fresh embedding cache); warm = another box on an
 image whose embedding is cached. Images: the 5 SAM-Med2D slices and 30 ISBI EM slices from
-``MEDCROWD_SHARED_DATA`` (default ../shared/data). Prints p50/p95 in ms and warm/cold ratios.
+``MEDCROWD_SHARED_DATA`` (default ../shared/data). Prints p50/p95 in ms and warm/cold ratios,
+and how fast a full backend refuses (503 + Retry-After, the bounded queue's promise: the
+timings tests/ml_backend/test_server_queue.py no longer asserts) while its one slot is held.
 
     python benchmarks/backend_latency.py [--backend auto|onnx|torch] [--warm-repeats 40]
 """
@@ -23,6 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -37,7 +40,7 @@ from ml_backend import get_predictor  # noqa: E402
 from ml_backend.cache import EmbeddingCache  # noqa: E402
 from ml_backend.config import BackendConfig  # noqa: E402
 from ml_backend.server import create_app  # noqa: E402
-from tests.helpers import box_context  # noqa: E402
+from tests.helpers import ImageHost, box_context  # noqa: E402
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:
@@ -145,6 +148,7 @@ def main() -> None:
     h, w = sizes[1]
     warm_http = [post(paths[1], centre_box(w, h, 0.3, rng), w, h) for _ in range(args.warm_repeats)]
     server.should_exit = True
+    refused = refusal_latencies(predictor, paths[0], args.warm_repeats)
 
     print(
         f"\n{len(images) - 1} cold images, {args.warm_repeats} warm boxes; 2-core CPU unless CUDA"
@@ -157,6 +161,51 @@ def main() -> None:
         c50, c95 = percentiles(cold)
         w50, w95 = percentiles(warm)
         print(f"{name:12s} {c50:9.1f} {c95:9.1f} {w50:9.1f} {w95:9.1f} {w50 / c50:9.3f}")
+    r50, r95 = percentiles(refused)
+    print(f"\n503 when full (1 running, queue 0): p50 {r50:.1f} ms, p95 {r95:.1f} ms "
+          f"(vs warm HTTP p50 {percentiles(warm_http)[0]:.1f} ms)")  # fmt: skip
+
+
+def refusal_latencies(predictor: Any, png: Path, repeats: int) -> list[float]:
+    """ms to answer 503 while the backend's one slot is taken (a fetch held by the host)."""
+    import uvicorn
+
+    width, height = Image.open(png).size
+    host = ImageHost(files={"0/slice.png": png.read_bytes()})
+    port = free_port()
+    auth = ("bench", secrets.token_urlsafe(12))
+    config = BackendConfig(port=port, basic_auth=auth, label_studio_url=host.url,
+                           max_inflight=1, max_queue=0, warm_on_import=False)  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config, predictor=predictor), host="127.0.0.1", port=port,
+                       log_level="error")
+    )  # fmt: skip
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    body = {
+        "tasks": [{"id": 1, "data": {"image": "/data/upload/0/slice.png"}}],
+        "label_config": config_path("labeling_box_brush.xml").read_text(),
+        "params": {"context": box_context([10, 10, width / 2, height / 2], width, height)},
+    }
+    out = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=auth, timeout=120) as client:
+        host.hold()
+        blocker = threading.Thread(target=client.post, args=("/predict",), kwargs={"json": body})
+        blocker.start()
+        if not host.arrived.acquire(timeout=60):
+            sys.exit("the blocking request never reached the image host")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            resp = client.post("/predict", json=body)
+            out.append((time.perf_counter() - t) * 1000)
+            if resp.status_code != 503:
+                sys.exit(f"expected 503 while full, got {resp.status_code}: {resp.text}")
+        host.release()
+        blocker.join()
+    server.should_exit = True
+    host.close()
+    return out
 
 
 if __name__ == "__main__":

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.markup import escape
 
-from medcrowd.console import err
+from medcrowd.console import error
 from medcrowd.settings import default_data_dir
 from ml_backend.config import BackendConfig, cli_options
 
@@ -53,9 +52,8 @@ def serve_command(**values: Any) -> None:
         _fail(str(exc))
 
 
-def _fail(message: str) -> None:
-    # soft_wrap: one line however wide the terminal, so logs and `grep error:` keep it whole
-    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+def _fail(message: str) -> NoReturn:
+    error(message)  # one line, never wrapped, brackets printed as they are
     raise typer.Exit(2)
 
 
