@@ -347,15 +347,3 @@ def create_app(config: BackendConfig, predictor: Any | None = None) -> _BodyLimi
 
     # The body limit sits outermost, before auth and routing see a byte.
     return _BodyLimit(app, config.max_body_bytes)
-
-
-def serve(config: BackendConfig, log_level: str = "info") -> None:
-    """Transitional: :func:`ml_backend.serve.serve` under its old name.
-
-    Only the old ``medcrowd backend serve`` in ``medcrowd/cli.py`` still calls it; delete it
-    once that command is :mod:`medcrowd.cli_backend` (this lazy import is the one import from
-    the server back to the module that runs it).
-    """
-    from ml_backend.serve import serve as run
-
-    run(config, log_level=log_level)

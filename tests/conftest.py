@@ -89,7 +89,8 @@ def litemedsam(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture(scope="session")
 def backend(label_studio: StudioHandle, litemedsam: Any) -> Iterator[BackendHandle]:
     from medcrowd.embedded import free_port
-    from ml_backend.server import BackendConfig, create_app
+    from ml_backend.config import BackendConfig
+    from ml_backend.server import create_app
 
     port = free_port()
     auth = ("labelstudio", secrets.token_urlsafe(16))
