@@ -72,7 +72,14 @@ def evaluate_command(
     ),
     test: Annotated[
         Path | None,
-        typer.Option(help="A separate labelled test folder (default: hold out a fraction)."),
+        typer.Option(
+            help="A held-out labelled test folder (images/ + masks/ of PNG/TIFF/JPEG of any "
+            "size, or any layout DATA may have; resized to --size). Then all of DATA is the "
+            "pool and nothing of DATA is tested on; the folder is only scored on (never "
+            "trained on, crowd-simulated, given to pix2pix or used for a choice). Refused "
+            "(exit 2) when it has no pairs or shares an image with DATA (pixel hash). "
+            "Default: hold out --test-fraction of DATA."
+        ),
     ] = None,
     crowd: Annotated[
         Path | None,
@@ -84,11 +91,30 @@ def evaluate_command(
         Path | None,
         typer.Option(help="Synthetic pairs (default: train pix2pix on (b) and generate)."),
     ] = None,
-    expert_count: Annotated[int, typer.Option(help="Expert images in arm (a).")] = 10,
+    expert_count: Annotated[
+        str,
+        typer.Option(
+            help="Expert images in arm (a); a comma-separated list (5,10) runs (a), (b), (c) "
+            "once per count, rows labelled expert-5, crowd-5, … ((d) once)."
+        ),
+    ] = "10",
     test_fraction: Annotated[float, typer.Option(help="Held-out share without --test.")] = 0.3,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds (mean ± std).")] = "0,1,2",
     size: Annotated[int, typer.Option(help="Image side the networks see.")] = 128,
-    steps: Annotated[int, typer.Option(help="Training steps per network.")] = 600,
+    steps: Annotated[
+        int, typer.Option(help="Training steps per network (the floor under --steps-rule scaled).")
+    ] = 600,
+    steps_rule: Annotated[
+        str,
+        typer.Option(
+            help="fixed: every network trains --steps steps. scaled: steps = max(--steps, "
+            "ceil(--epochs-min × training pairs / batch size 8)), so big arms are not "
+            "under-trained. The steps of every network are in results.csv."
+        ),
+    ] = "scaled",
+    epochs_min: Annotated[
+        float, typer.Option(help="--steps-rule scaled: passes over the training pairs, at least.")
+    ] = 20.0,
     channels: Annotated[str, typer.Option(help="U-Net channels per level.")] = "16,32,64,128",
     synth_steps: Annotated[int, typer.Option(help="pix2pix training steps.")] = 1500,
     synth_count: Annotated[int, typer.Option(help="Synthetic pairs; 0 = as many as (b).")] = 0,
@@ -104,6 +130,17 @@ def evaluate_command(
     invert_masks: Annotated[
         bool, typer.Option(help="Foreground is 0 in the masks (ISBI's label/).")
     ] = False,
+    test_invert_masks: Annotated[
+        bool | None,
+        typer.Option(help="Foreground is 0 in the --test masks (default: as --invert-masks)."),
+    ] = None,
+    mask_threshold: Annotated[
+        int | None,
+        typer.Option(
+            help="Mask values >= this are foreground, in DATA and --test (e.g. 128 for JPEG or "
+            "soft-edged masks; default: any value > 0)."
+        ),
+    ] = None,
     arms: Annotated[
         str, typer.Option(help="Arms to run: expert,crowd,synthetic,ceiling.")
     ] = "expert,crowd,synthetic,ceiling",
@@ -113,15 +150,20 @@ def evaluate_command(
     device: DeviceOpt = "auto",
 ) -> None:
     """Train one segmenter on (a) expert subset, (b) + crowd, (c) + synthetic, (d) all expert;
-    test on held-out expert masks; write a Markdown table and a bar chart."""
-    from medcrowd.evaluate import DEFAULT_CROWD, EvaluateOptions, evaluate
+    test on held-out expert masks (a split of DATA, or --test DIR); write a Markdown table and
+    a bar chart."""
+    from medcrowd.console import error
+    from medcrowd.evaluate import DEFAULT_CROWD, EvaluateOptions, TestFolderError, evaluate
 
+    counts = _ints(expert_count, "--expert-count")
     options = EvaluateOptions(
-        expert_count=expert_count,
+        expert_count=counts[0] if len(counts) == 1 else counts,
         test_fraction=test_fraction,
         seeds=_ints(seeds, "--seeds"),
         size=size,
         steps=steps,
+        steps_rule=steps_rule,
+        epochs_min=epochs_min,
         channels=_ints(channels, "--channels"),
         crowd_models=tuple(crowd_models.split(",")) if crowd_models else DEFAULT_CROWD,
         raters_per_task=raters_per_task,
@@ -130,6 +172,8 @@ def evaluate_command(
         synth_count=synth_count,
         synth_ngf=synth_ngf,
         invert_masks=invert_masks,
+        test_invert_masks=test_invert_masks,
+        mask_threshold=mask_threshold,
         arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
         device=device,
     )
@@ -138,10 +182,14 @@ def evaluate_command(
         options.synth_ngf, options.channels = 16, (8, 16, 32, 64)
         options.seeds = options.seeds[:1]
     with cli_errors():
-        with _bar("evaluate") as (update, log):
-            report = evaluate(
-                data, out, options, test, crowd, synthetic, progress=update, on_log=log
-            )
+        try:
+            with _bar("evaluate") as (update, log):
+                report = evaluate(
+                    data, out, options, test, crowd, synthetic, progress=update, on_log=log
+                )
+        except TestFolderError as exc:
+            error(exc)
+            raise typer.Exit(2) from None
     console.print(report.table)
     console.print(f"wrote {out / 'table.md'}, {out / 'chart.png'}, {out / 'results.csv'}")
 

@@ -11,10 +11,30 @@ ceiling    (d) every pool image with its expert label (the upper bound)
 =========  ======================================================================
 
 Splits. The labelled dataset ``data`` is split once into a *test* part (``test_fraction``,
-chosen by ``split_seed``; or a separate ``test`` folder) and a *pool*. Test masks are only
-ever used to score; nothing is tuned on them. For every seed in ``seeds`` the expert subset
-is drawn from the pool with that seed, the crowd is simulated (or read), pix2pix is trained
-and every arm's network is trained with that seed — the table gives mean ± std over seeds.
+chosen by ``split_seed``) and a *pool*. With a separate ``test`` folder (``--test DIR``: any
+layout :func:`medcrowd.pairs.load_pairs` reads — ``images/`` + ``masks/`` of PNG / TIFF /
+JPEG files of any size, resized to ``size`` like ``data``) all of ``data`` is the pool and
+nothing of ``data`` is tested on; the test folder is only scored on — never trained on, never
+given to the crowd simulation or pix2pix, never used for a choice. A test folder whose pixels
+match an image of ``data`` (pixel hash), that holds no pairs or does not read is refused with
+:class:`TestFolderError` (the CLI exits 2). Test masks are binarised as ``data``'s are:
+``mask_threshold`` for both, ``test_invert_masks`` (default: ``invert_masks``). Test masks
+are only ever used to score; nothing is tuned on them. For every seed in ``seeds`` the expert
+subset is drawn from the pool with that seed, the crowd is simulated (or read), pix2pix is
+trained and every arm's network is trained with that seed — the table gives mean ± std over
+seeds.
+
+Expert counts. ``expert_count`` is one number or several (``--expert-count 5,10``). With
+several, arms (a), (b), (c) run once per count and are labelled ``expert-5``, ``crowd-5``,
+``synthetic-5`` … (titles "(a) expert subset (n=5)"); (d) runs once. Per seed the subsets are
+nested: one seeded draw of the largest count, of which the first ``n`` are the subset of
+``n``. One number draws exactly as before and labels the rows ``expert`` … as before.
+
+Training steps (``steps_rule``, :data:`STEPS_RULES`, :func:`train_steps`): ``"fixed"`` trains
+every network ``steps`` optimiser steps; ``"scaled"`` (the default) trains
+``max(steps, ceil(epochs_min * pairs / batch_size))`` steps, so a network on a large arm sees
+each pair at least ``epochs_min`` times while small arms keep ``steps``. pix2pix always
+trains ``synth_steps``. The steps of every network are in ``results.csv`` and the table.
 
 Crowd labels come either from a real project (``crowd``: a ``medcrowd pull`` + ``fuse``
 folder or any pairs folder; its images must not be test images — checked by pixel hash) or
@@ -25,10 +45,11 @@ lab runs with gold tasks in Label Studio.
 
 Outputs in ``out``::
 
-    results.csv     one row per (arm, seed): training pairs, test Dice / HD95 / accuracy
+    results.csv     one row per (arm, seed): training pairs, steps, test Dice / HD95 / accuracy
     table.md        mean ± std per arm, relative Dice change vs (a)
     chart.png       Dice per arm (bars: mean, whiskers: std, dots: seeds)
-    summary.json    options, split, per-arm means, crowd-label quality vs the expert masks
+    summary.json    options, split, step rule, per-arm means, crowd-label quality vs the
+                    expert masks
     seed-<s>/       the training pairs of each arm (PNG)
 
 pix2pix runs in memory (:func:`gan.fit_pix2pix`, :meth:`gan.Synthesizer.generate`) with the
@@ -46,6 +67,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,7 +76,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ARMS", "EvaluateOptions", "EvaluateReport", "evaluate"]
+__all__ = [
+    "ARMS",
+    "STEPS_RULES",
+    "EvaluateOptions",
+    "EvaluateReport",
+    "TestFolderError",
+    "evaluate",
+    "train_steps",
+]
 
 ARMS = ("expert", "crowd", "synthetic", "ceiling")
 ARM_TITLES = {
@@ -63,6 +93,11 @@ ARM_TITLES = {
     "synthetic": "(c) + synthetic",
     "ceiling": "(d) all expert (ceiling)",
 }
+STEPS_RULES: dict[str, str] = {
+    "fixed": "steps = --steps for every network",
+    "scaled": "steps = max(--steps, ceil(--epochs-min * training pairs / batch size))",
+}
+"""Rule name → how the optimiser steps of one arm's network are chosen."""
 DEFAULT_CROWD = (
     "good", "good", "good", "sloppy", "sloppy", "dilate", "erode", "miss_small",
     "partial", "spammer_blobs",
@@ -80,12 +115,17 @@ U8 = npt.NDArray[np.uint8]
 class EvaluateOptions:
     """Options of :func:`evaluate` (the CLI's ``--help`` documents each)."""
 
-    expert_count: int = 10
+    expert_count: int | tuple[int, ...] = 10
+    """Expert images in (a); several → arms (a)–(c) once per count (module doc)."""
     test_fraction: float = 0.3
     split_seed: int = 0
     seeds: tuple[int, ...] = (0, 1, 2)
     size: int = 128
     steps: int = 600
+    steps_rule: str = "scaled"
+    """``"fixed"`` or ``"scaled"`` (:data:`STEPS_RULES`, :func:`train_steps`)."""
+    epochs_min: float = 20.0
+    """``"scaled"``: passes over the training pairs a network gets at least."""
     batch_size: int = 8
     lr: float = 1e-3
     channels: tuple[int, ...] = (16, 32, 64, 128)
@@ -98,12 +138,38 @@ class EvaluateOptions:
     """Synthetic pairs added in (c); 0 → as many as (b) has."""
     synth_ngf: int = 32
     invert_masks: bool = False
+    test_invert_masks: bool | None = None
+    """Invert the ``test`` folder's masks; None → as ``invert_masks``."""
+    mask_threshold: int | None = None
+    """Masks ``>= mask_threshold`` are foreground (``data`` and ``test``); None → any > 0."""
     arms: tuple[str, ...] = ARMS
     device: str = "auto"
 
+    @property
+    def expert_counts(self) -> tuple[int, ...]:
+        """``expert_count`` as a tuple (one or more counts)."""
+        count = self.expert_count
+        return (count,) if isinstance(count, int) else tuple(count)
+
     def check(self) -> None:
-        if self.expert_count < 1:
-            raise ValueError(f"--expert-count must be >= 1, got {self.expert_count}")
+        counts = self.expert_counts
+        if not counts:
+            raise ValueError("--expert-count needs at least one count")
+        for count in counts:
+            if count < 1:
+                raise ValueError(f"--expert-count must be >= 1, got {count}")
+        if len(set(counts)) != len(counts):
+            raise ValueError(f"--expert-count lists a count twice: {counts}")
+        if self.steps_rule not in STEPS_RULES:
+            raise ValueError(
+                f"unknown --steps-rule {self.steps_rule!r}; choose from {', '.join(STEPS_RULES)}"
+            )
+        if not self.epochs_min > 0:
+            raise ValueError(f"--epochs-min must be > 0, got {self.epochs_min}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.mask_threshold is not None and not 1 <= self.mask_threshold <= 255:
+            raise ValueError(f"--mask-threshold must be in 1..255, got {self.mask_threshold}")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
         if not self.seeds:
@@ -124,6 +190,24 @@ class EvaluateOptions:
             raise ValueError(
                 f"--raters-per-task must be in 1..{len(self.crowd_models)} (the crowd size)"
             )
+
+
+class TestFolderError(ValueError):
+    """The ``test`` folder cannot be used: missing, no pairs, unreadable, or it shares images
+    with the data (the CLI exits 2)."""
+
+
+def train_steps(pairs: int, options: EvaluateOptions) -> int:
+    """Optimiser steps of one network trained on ``pairs`` pairs (:data:`STEPS_RULES`).
+
+    >>> train_steps(1000, EvaluateOptions(steps=600, epochs_min=20, batch_size=8))
+    2500
+    >>> train_steps(1000, EvaluateOptions(steps=600, steps_rule="fixed"))
+    600
+    """
+    if options.steps_rule == "fixed":
+        return options.steps
+    return max(options.steps, math.ceil(options.epochs_min * pairs / options.batch_size))
 
 
 @dataclass
@@ -164,11 +248,14 @@ def _prepare(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], size: in
     return prepare(images, masks, size)
 
 
-def _load(root: Path, size: int, invert: bool) -> tuple[_Set, list[str]]:
+def _load(
+    root: Path, size: int, invert: bool, threshold: int | None = None
+) -> tuple[_Set, list[str]]:
     """Read a labelled folder; returns the set at ``size`` and a pixel hash per image."""
     from medcrowd.pairs import binary_arrays, load_pairs
 
-    names, images, masks = binary_arrays(load_pairs(root, invert_masks=invert))
+    pairs = load_pairs(root, invert_masks=invert, threshold=threshold)
+    names, images, masks = binary_arrays(pairs)
     if not names:
         raise ValueError(f"no image–mask pairs found in {root}")
     hashes = [_pixel_hash(im) for im in images]
@@ -201,6 +288,17 @@ def _pixel_hash(image: np.ndarray) -> str:
 
     arr = np.ascontiguousarray(to_gray(image))
     return hashlib.sha256(arr.tobytes() + str(arr.shape).encode()).hexdigest()
+
+
+def _check_unseen(
+    hashes: Sequence[str], test_hashes: Sequence[str], what: str, hint: str,
+    error: type[ValueError] = ValueError,
+) -> None:  # fmt: skip
+    """The one leak check: refuse when any of ``hashes`` (pixel hashes, :func:`_pixel_hash`)
+    is a test image's."""
+    leaked = set(hashes) & set(test_hashes)
+    if leaked:
+        raise error(f"{len(leaked)} {what} are test images: the test {hint}")
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -269,69 +367,93 @@ def evaluate(
     """Train the downstream network on every arm for every seed; write the table (module doc).
 
     Args:
+        test: a separate labelled test folder; then all of ``data`` is the pool.
         progress: ``progress(done, total)`` in optimiser steps over the whole run.
         on_log: stage events (module doc).
 
     Raises:
+        TestFolderError: ``test`` is missing, holds no pairs, or shares images with ``data``.
         ValueError / FileNotFoundError: bad options or device, empty or overlapping inputs.
     """
     from ml_backend.device import resolve_device
 
     options.check()
     device = resolve_device(options.device)
-    for path in (data, test, crowd, synthetic):
+    if test is not None and not Path(test).is_dir():
+        raise TestFolderError(f"--test {test} is not a folder")
+    for path in (data, crowd, synthetic):
         if path is not None and not Path(path).is_dir():
             raise FileNotFoundError(f"{path} is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     log = on_log or (lambda _event: None)
 
-    full, hashes = _load(data, options.size, options.invert_masks)
+    full, hashes = _load(data, options.size, options.invert_masks, options.mask_threshold)
     if test is not None:
-        test_set, test_hashes = _load(test, options.size, options.invert_masks)
+        invert = options.invert_masks
+        if options.test_invert_masks is not None:
+            invert = options.test_invert_masks
+        try:
+            test_set, test_hashes = _load(test, options.size, invert, options.mask_threshold)
+        except ValueError as exc:
+            raise TestFolderError(f"--test {test}: {exc}") from None
         pool = full
-        shared = set(hashes) & set(test_hashes)
-        if shared:
-            raise ValueError(f"{len(shared)} image(s) of {data} are also in the test set {test}")
+        _check_unseen(
+            hashes, test_hashes, f"image(s) of {data}",
+            f"folder {test} must hold images not in the data (same pixels found)",
+            TestFolderError,
+        )  # fmt: skip
     else:
         pool_idx, test_idx = _split(len(full), options.test_fraction, options.split_seed)
         pool, test_set = full.take(pool_idx), full.take(test_idx)
         test_hashes = [hashes[i] for i in test_idx]
-    if options.expert_count >= len(pool):
+    counts = options.expert_counts
+    if max(counts) >= len(pool):
         raise ValueError(
-            f"--expert-count {options.expert_count} leaves no pool image for the crowd "
+            f"--expert-count {max(counts)} leaves no pool image for the crowd "
             f"({len(pool)} pool images)"
         )
     crowd_set = None
     if crowd is not None:
         crowd_set, crowd_hashes = _load_crowd(crowd, options.crowd_method, options.size)
-        leaked = set(crowd_hashes) & set(test_hashes)
-        if leaked:
-            raise ValueError(
-                f"{len(leaked)} crowd image(s) in {crowd} are test images: the test split "
-                "must stay unseen (use --test with a separate folder, or another split seed)"
-            )
+        _check_unseen(
+            crowd_hashes, test_hashes, f"crowd image(s) in {crowd}",
+            "split must stay unseen (use --test with a separate folder, or another split seed)",
+        )  # fmt: skip
     synth_given = None
     if synthetic is not None:
         synth_given, _ = _load_crowd(synthetic, options.crowd_method, options.size)
+    out.mkdir(parents=True, exist_ok=True)
 
+    multi = len(counts) > 1
+    plan = _plan(options, multi)
+    sizes = _arm_sizes(
+        counts, len(pool), len(crowd_set) if crowd_set is not None else None,
+        len(synth_given) if synth_given is not None else None, options,
+    )  # fmt: skip
     train_pix2pix = "synthetic" in options.arms and synth_given is None
-    per_seed = len(options.arms) * options.steps + (options.synth_steps if train_pix2pix else 0)
+    per_seed = sum(train_steps(sizes[key], options) for key, _, _ in plan)
+    per_seed += len(counts) * options.synth_steps if train_pix2pix else 0
     steps = _Steps(len(options.seeds) * per_seed, progress)
     rows: list[dict[str, Any]] = []
     crowd_reports: dict[str, Any] = {}
+    need_crowd = any(a in options.arms for a in ("crowd", "synthetic"))
     for seed in options.seeds:
         seed_dir = out / f"seed-{seed}"
         rng = np.random.default_rng(seed)
-        expert_idx = sorted(rng.choice(len(pool), options.expert_count, replace=False).tolist())
-        rest_idx = [i for i in range(len(pool)) if i not in expert_idx]
-        expert = pool.take(expert_idx)
-        arms: dict[str, _Set] = {"expert": expert, "ceiling": pool}
-        need_crowd = any(a in options.arms for a in ("crowd", "synthetic"))
-        if need_crowd:
+        # one draw of the largest count: the subsets of the smaller counts are its prefixes
+        drawn = rng.choice(len(pool), max(counts), replace=False).tolist()
+        sets: dict[str, _Set] = {"ceiling": pool}
+        for n in counts:
+            tag = f" (expert {n})" if multi else ""
+            expert_idx = sorted(drawn[:n])
+            rest_idx = [i for i in range(len(pool)) if i not in expert_idx]
+            expert = pool.take(expert_idx)
+            sets[_key("expert", n, multi)] = expert
+            if not need_crowd:
+                continue
             if crowd_set is not None:
                 crowd_part = crowd_set
             else:
-                log({"stage": f"seed {seed}: simulating and fusing the crowd"})
+                log({"stage": f"seed {seed}: simulating and fusing the crowd{tag}"})
                 order = expert_idx + rest_idx  # gold first
                 fused, report = simulate_fused(
                     pool.masks[order],
@@ -340,29 +462,30 @@ def evaluate(
                     raters_per_task=options.raters_per_task,
                     seed=seed,
                 )
-                crowd_reports[str(seed)] = report
+                crowd_reports[f"{seed}-{n}" if multi else str(seed)] = report
                 rest = pool.take(rest_idx)
                 crowd_part = _Set(
-                    [f"crowd-{n}" for n in rest.names], rest.images, fused[len(expert_idx) :]
+                    [f"crowd-{name}" for name in rest.names], rest.images, fused[len(expert_idx) :]
                 )
-            arms["crowd"] = _concat(expert, crowd_part)
-        if "synthetic" in options.arms:
-            if synth_given is not None:
-                synth = synth_given
-            else:
-                log({"stage": f"seed {seed}: training pix2pix"})
-                synth = _synthesise(arms["crowd"], options, seed, device, steps.part())
-            arms["synthetic"] = _concat(arms["crowd"], synth)
-        for arm in options.arms:
-            _write_pairs(seed_dir / arm, arms[arm])
-            stage = f"seed {seed}: training on {ARM_TITLES[arm]}"
+            base = _concat(expert, crowd_part)
+            sets[_key("crowd", n, multi)] = base
+            if "synthetic" in options.arms:
+                if synth_given is not None:
+                    synth = synth_given
+                else:
+                    log({"stage": f"seed {seed}: training pix2pix{tag}"})
+                    synth = _synthesise(base, options, seed, device, steps.part())
+                sets[_key("synthetic", n, multi)] = _concat(base, synth)
+        for key, arm, count in plan:
+            _write_pairs(seed_dir / key, sets[key])
+            stage = f"seed {seed}: training on {_title(arm, count, multi)}"
             log({"stage": stage})
-            row = _train_and_score(arm, seed, arms[arm], test_set, options, device, steps.part())
+            row = _train_and_score(key, seed, sets[key], test_set, options, device, steps.part())
             log({"stage": stage, "row": row})
             rows.append(row)
             _write_rows(out / "results.csv", rows)
 
-    summary = _summarise(rows, options)
+    summary = _summarise(rows, plan, multi)
     summary.update(
         {
             "data": str(Path(data).resolve()),
@@ -370,16 +493,64 @@ def evaluate(
             "crowd": str(Path(crowd).resolve()) if crowd else "simulated",
             "synthetic": str(Path(synthetic).resolve()) if synthetic else "pix2pix on (b)",
             "options": asdict(options),
+            "steps_rule": {
+                "rule": options.steps_rule,
+                "formula": STEPS_RULES[options.steps_rule],
+                "steps": {key: train_steps(sizes[key], options) for key, _, _ in plan},
+            },
             "pool": len(pool),
             "test_images": test_set.names,
             "crowd_quality": crowd_reports,
         }
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    table = _table(summary, options)
+    table = _table(summary, options, plan, multi)
     (out / "table.md").write_text(table)
-    _chart(rows, summary, options, out / "chart.png")
+    _chart(rows, summary, options, plan, multi, out / "chart.png")
     return EvaluateReport(out=out, rows=rows, summary=summary, table=table)
+
+
+def _key(arm: str, n: int | None, multi: bool) -> str:
+    """The row label of ``arm`` with ``n`` expert images: ``crowd`` or ``crowd-5``."""
+    return arm if not multi or arm == "ceiling" or n is None else f"{arm}-{n}"
+
+
+def _title(arm: str, n: int | None, multi: bool) -> str:
+    title = ARM_TITLES[arm]
+    return f"{title} (n={n})" if multi and arm != "ceiling" and n is not None else title
+
+
+def _plan(options: EvaluateOptions, multi: bool) -> list[tuple[str, str, int | None]]:
+    """``(label, arm, expert count)`` of every network per seed, in training order: one
+    count → ``options.arms`` order; several → (a)–(c) per count, then (d)."""
+    counts = options.expert_counts
+    if not multi:
+        return [(arm, arm, counts[0]) for arm in options.arms]
+    plan: list[tuple[str, str, int | None]] = [
+        (_key(arm, n, multi), arm, n) for n in counts for arm in options.arms if arm != "ceiling"
+    ]
+    if "ceiling" in options.arms:
+        plan.append(("ceiling", "ceiling", None))
+    return plan
+
+
+def _arm_sizes(
+    counts: Sequence[int],
+    pool: int,
+    crowd: int | None,
+    synthetic: int | None,
+    options: EvaluateOptions,
+) -> dict[str, int]:
+    """Training pairs per row label, known before any training (for the step rule)."""
+    multi = len(counts) > 1
+    sizes = {"ceiling": pool}
+    for n in counts:
+        base = n + (crowd if crowd is not None else pool - n)
+        extra = synthetic if synthetic is not None else (options.synth_count or base)
+        sizes[_key("expert", n, multi)] = n
+        sizes[_key("crowd", n, multi)] = base
+        sizes[_key("synthetic", n, multi)] = base + extra
+    return sizes
 
 
 class _Steps:
@@ -467,9 +638,10 @@ def _train_and_score(
     from segmenter.model import SegmenterConfig
     from segmenter.trainer import Segmenter
 
+    steps = train_steps(len(train), options)
     config = SegmenterConfig(
         size=options.size,
-        steps=options.steps,
+        steps=steps,
         batch_size=options.batch_size,
         lr=options.lr,
         channels=options.channels,
@@ -487,6 +659,7 @@ def _train_and_score(
         "arm": arm,
         "seed": seed,
         "train_pairs": len(train),
+        "steps": steps,
         "dice": float(np.mean(dice)),
         "hd95": float(np.nanmean(hd95)) if np.isfinite(hd95).any() else float("nan"),
         "accuracy": float(np.mean(accuracy)),
@@ -500,22 +673,31 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _summarise(rows: list[dict[str, Any]], options: EvaluateOptions) -> dict[str, Any]:
+def _summarise(
+    rows: list[dict[str, Any]], plan: list[tuple[str, str, int | None]], multi: bool
+) -> dict[str, Any]:
+    """Mean ± std per row label; ``dice_vs_expert`` is relative to (a) with the same expert
+    count ((d): the first count's (a))."""
     arms: dict[str, Any] = {}
-    for arm in options.arms:
-        mine = [r for r in rows if r["arm"] == arm]
+    for key, _arm, _n in plan:
+        mine = [r for r in rows if r["arm"] == key]
         if not mine:
             continue
         entry: dict[str, Any] = {"train_pairs": [r["train_pairs"] for r in mine]}
-        for key in ("dice", "hd95", "accuracy"):
-            values = np.array([r[key] for r in mine], dtype=float)
-            entry[key] = {
+        for stat in ("dice", "hd95", "accuracy"):
+            values = np.array([r[stat] for r in mine], dtype=float)
+            entry[stat] = {
                 "mean": float(np.nanmean(values)) if np.isfinite(values).any() else None,
                 "std": float(np.nanstd(values)) if np.isfinite(values).any() else None,
             }
-        arms[arm] = entry
-    base = arms.get("expert", {}).get("dice", {}).get("mean")
-    for entry in arms.values():
+        arms[key] = entry
+    first = next((n for _, _, n in plan if n is not None), None)
+    for key, _arm, n in plan:
+        if key not in arms:
+            continue
+        entry = arms[key]
+        expert = _key("expert", n if n is not None else first, multi)
+        base = arms.get(expert, {}).get("dice", {}).get("mean")
         mean = entry["dice"]["mean"]
         entry["dice_vs_expert"] = (mean - base) / base if base and mean is not None else None
     return {"arms": arms}
@@ -527,29 +709,52 @@ def _fmt(stat: dict[str, float | None], digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
-def _table(summary: dict[str, Any], options: EvaluateOptions) -> str:
+def _span(values: Sequence[int]) -> str:
+    return str(values[0]) if len(set(values)) == 1 else f"{min(values)}–{max(values)}"
+
+
+def _table(
+    summary: dict[str, Any],
+    options: EvaluateOptions,
+    plan: list[tuple[str, str, int | None]],
+    multi: bool,
+) -> str:
+    if options.steps_rule == "fixed":
+        steps = f"{options.steps} steps per network."
+    else:
+        steps = (
+            f"steps per network: max({options.steps}, ⌈{options.epochs_min:g} × pairs / "
+            f"{options.batch_size}⌉)."
+        )
     lines = [
         f"Test: {len(summary['test_images'])} held-out expert masks; "
-        f"seeds {', '.join(map(str, options.seeds))}; {options.size} px; "
-        f"{options.steps} steps per network.",
+        f"seeds {', '.join(map(str, options.seeds))}; {options.size} px; {steps}",
         "",
-        "| training set | pairs | Dice | HD95 (px) | accuracy | Dice vs (a) |",
-        "|---|---|---|---|---|---|",
+        "| training set | pairs | steps | Dice | HD95 (px) | accuracy | Dice vs (a) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for arm, entry in summary["arms"].items():
-        pairs = entry["train_pairs"]
-        n = str(pairs[0]) if len(set(pairs)) == 1 else f"{min(pairs)}–{max(pairs)}"
+    if multi:
+        lines[0] += " n = expert images in (a); Dice vs (a) with the same n ((d): the first n)."
+    titles = {key: _title(arm, n, multi) for key, arm, n in plan}
+    arm_of = {key: arm for key, arm, _ in plan}
+    for key, entry in summary["arms"].items():
         rel = entry["dice_vs_expert"]
-        rel_s = "—" if arm == "expert" or rel is None else f"{rel * 100:+.1f} %"
+        rel_s = "—" if arm_of[key] == "expert" or rel is None else f"{rel * 100:+.1f} %"
         lines.append(
-            f"| {ARM_TITLES[arm]} | {n} | {_fmt(entry['dice'])} | {_fmt(entry['hd95'], 1)} | "
-            f"{_fmt(entry['accuracy'])} | {rel_s} |"
+            f"| {titles[key]} | {_span(entry['train_pairs'])} | "
+            f"{summary['steps_rule']['steps'][key]} | {_fmt(entry['dice'])} | "
+            f"{_fmt(entry['hd95'], 1)} | {_fmt(entry['accuracy'])} | {rel_s} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def _chart(
-    rows: list[dict[str, Any]], summary: dict[str, Any], options: EvaluateOptions, path: Path
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    options: EvaluateOptions,
+    plan: list[tuple[str, str, int | None]],
+    multi: bool,
+    path: Path,
 ) -> None:
     import matplotlib
 
@@ -559,14 +764,18 @@ def _chart(
     arms = list(summary["arms"])
     means = [summary["arms"][a]["dice"]["mean"] or 0.0 for a in arms]
     stds = [summary["arms"][a]["dice"]["std"] or 0.0 for a in arms]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    colours = ["#8d99ae", "#2a9d8f", "#e9c46a", "#264653"]
-    ax.bar(range(len(arms)), means, yerr=stds, capsize=6, color=colours[: len(arms)])
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(arms)), 4))
+    palette = ["#8d99ae", "#2a9d8f", "#e9c46a", "#264653"]
+    arm_of = {key: arm for key, arm, _ in plan}
+    titles = {key: _title(arm, n, multi) for key, arm, n in plan}
+    # one count: colours by position as before; several: one colour per arm
+    colours = [palette[ARMS.index(arm_of[a])] for a in arms] if multi else palette[: len(arms)]
+    ax.bar(range(len(arms)), means, yerr=stds, capsize=6, color=colours)
     for i, arm in enumerate(arms):
         dots = [r["dice"] for r in rows if r["arm"] == arm]
         ax.scatter([i] * len(dots), dots, color="black", s=12, zorder=3)
         ax.text(i, means[i] + stds[i] + 0.01, f"{means[i]:.3f}", ha="center", fontsize=9)
-    ax.set_xticks(range(len(arms)), [ARM_TITLES[a] for a in arms], fontsize=8)
+    ax.set_xticks(range(len(arms)), [titles[a] for a in arms], fontsize=8)
     ax.set_ylabel("test Dice (held-out expert masks)")
     ax.set_ylim(0, min(1.0, max(means) + max(stds) + 0.08) if means else 1.0)
     ax.set_title(f"Downstream segmenter, {len(options.seeds)} seed(s): mean ± std")

@@ -48,7 +48,8 @@ def tiny(isbi: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 OPTS = dict(size=64, steps=30, channels=(8, 16, 32), synth_steps=20, synth_ngf=8,
-            batch_size=4, expert_count=3, test_fraction=0.25, device="cpu")  # fmt: skip
+            batch_size=4, expert_count=3, test_fraction=0.25, device="cpu",
+            steps_rule="fixed")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,9 @@ def test_four_arms_two_seeds(two_seeds: tuple[Path, Any, Any]) -> None:
     assert n_test == 3 and pool == 9
     pairs = {r["arm"]: int(r["train_pairs"]) for r in rows if r["seed"] == "0"}
     assert pairs == {"expert": 3, "crowd": 9, "synthetic": 18, "ceiling": 9}
+    # --steps-rule fixed: every network trains --steps steps, whatever its size
+    assert {int(r["steps"]) for r in rows} == {OPTS["steps"]}
+    assert summary["steps_rule"]["rule"] == "fixed"
     for row in rows:
         assert 0.0 <= float(row["dice"]) <= 1.0 and 0.0 <= float(row["accuracy"]) <= 1.0
     # the test images never reach any training set
@@ -150,6 +154,9 @@ def test_simulated_crowd_uses_gold_and_beats_noise() -> None:
         (["--arms", "expert,bogus"], "unknown arms"),
         (["--crowd-models", "good,nobody"], "unknown crowd models"),
         (["--size", "50"], "multiple of 16"),
+        (["--expert-count", "3,3"], "lists a count twice"),
+        (["--expert-count", "3,x"], "comma-separated integers"),
+        (["--steps-rule", "bogus"], "unknown --steps-rule"),
     ],
 )
 def test_cli_rejects_bad_options(tiny: Path, tmp_path: Path, args: list[str], message: str) -> None:
@@ -175,3 +182,140 @@ def test_cli_quick_writes_table(tiny: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "| (c) + synthetic |" in result.output
     assert (tmp_path / "table.md").is_file() and (tmp_path / "chart.png").is_file()
+
+
+# -- --test DIR, several expert counts, the step rule ---------------------------------------
+@pytest.fixture(scope="module")
+def held_out(isbi: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 ISBI slices that ``tiny`` does not hold, as a test folder of mixed formats and sizes:
+    PNG 100×140, TIFF 512×512, JPEG 96×96, PNG 128×128 (masks PNG, membranes = 255)."""
+    out = tmp_path_factory.mktemp("isbi-held-out")
+    (out / "images").mkdir()
+    (out / "masks").mkdir()
+    crops = [((100, 140), ".png"), ((512, 512), ".tif"), ((96, 96), ".jpg"), ((128, 128), ".png")]
+    for path, ((h, w), ext) in zip(sorted((isbi / "image").iterdir())[12:16], crops, strict=True):
+        image = np.asarray(Image.open(path))[:h, :w]
+        label = np.asarray(Image.open(isbi / "label" / path.name))[:h, :w]
+        Image.fromarray(image).save(out / "images" / f"t{path.stem}{ext}")
+        membrane = ((label == 0) * 255).astype(np.uint8)
+        Image.fromarray(membrane).save(out / "masks" / f"t{path.stem}.png")
+    return out
+
+
+SCALED = {**OPTS, "steps": 10, "steps_rule": "scaled", "epochs_min": 5.0, "expert_count": (2, 3)}
+
+
+@pytest.fixture(scope="module")
+def with_test(
+    tiny: Path, held_out: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Any, list[tuple[int, int]]]:
+    """One seed, ``--test held_out``, expert counts 2 and 3, ``--steps-rule scaled``."""
+    out = tmp_path_factory.mktemp("evaluate-test")
+    options = EvaluateOptions(seeds=(0,), **SCALED)  # type: ignore[arg-type]
+    ticks: list[tuple[int, int]] = []
+    report = evaluate(tiny, out, options, test=held_out, progress=lambda d, t: ticks.append((d, t)))
+    return out, report, ticks
+
+
+def _prepared(folder: Path, size: int) -> np.ndarray:
+    from medcrowd.pairs import binary_arrays, load_pairs
+    from segmenter.data import prepare
+
+    _, images, masks = binary_arrays(load_pairs(folder))
+    return prepare(images, masks, size)[0]
+
+
+def test_test_folder_is_only_scored_on(
+    tiny: Path, held_out: Path, with_test: tuple[Path, Any, Any]
+) -> None:
+    out, _report, _ = with_test
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test"] == str(held_out.resolve())
+    expected = sorted(p.stem for p in (held_out / "images").iterdir())
+    assert sorted(summary["test_images"]) == expected and len(expected) == 4
+    assert summary["pool"] == 12  # all of DATA is the pool: nothing of it is tested on
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert rows and all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
+    # no test image (at the network's size) is in any training set written for an arm …
+    test_images = _prepared(held_out, 64)
+    data_images = _prepared(tiny, 64)
+    for arm_dir in (out / "seed-0").iterdir():
+        train = [np.asarray(Image.open(p)) for p in (arm_dir / "images").iterdir()]
+        assert train, arm_dir
+        for image in train:
+            assert not any(np.array_equal(image, t) for t in test_images), arm_dir
+    # … while the same comparison finds every DATA image in the ceiling arm
+    ceiling = [np.asarray(Image.open(p)) for p in (out / "seed-0" / "ceiling" / "images").iterdir()]
+    assert all(any(np.array_equal(d, c) for c in ceiling) for d in data_images)
+
+
+def test_several_expert_counts(with_test: tuple[Path, Any, Any]) -> None:
+    out, _report, _ = with_test
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    labels = ["expert-2", "crowd-2", "synthetic-2", "expert-3", "crowd-3", "synthetic-3"]
+    assert [r["arm"] for r in rows] == [*labels, "ceiling"]
+    pairs = {r["arm"]: int(r["train_pairs"]) for r in rows}
+    assert pairs == {"expert-2": 2, "crowd-2": 12, "synthetic-2": 24, "expert-3": 3,
+                     "crowd-3": 12, "synthetic-3": 24, "ceiling": 12}  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["arms"]) == [*labels, "ceiling"]
+    assert set(summary["crowd_quality"]) == {"0-2", "0-3"}
+    table = (out / "table.md").read_text()
+    for title in ("(a) expert subset (n=2)", "(b) + crowd-fused (n=3)", "(c) + synthetic (n=2)",
+                  "(d) all expert (ceiling) |"):  # fmt: skip
+        assert title in table
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the subsets are nested: the 2 expert images are among the 3
+    two = {p.name for p in (out / "seed-0" / "expert-2" / "images").iterdir()}
+    three = {p.name for p in (out / "seed-0" / "expert-3" / "images").iterdir()}
+    assert len(two) == 2 and len(three) == 3 and two < three
+
+
+def test_scaled_steps_grow_with_the_arm(with_test: tuple[Path, Any, Any]) -> None:
+    out, _report, ticks = with_test
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    steps = {r["arm"]: int(r["steps"]) for r in rows}
+    for row in rows:  # max(--steps, ceil(--epochs-min * pairs / batch size))
+        pairs = int(row["train_pairs"])
+        expected = max(10, int(np.ceil(5.0 * pairs / 4)))
+        assert int(row["steps"]) == expected, row
+    assert steps["expert-2"] == 10 < steps["crowd-2"] < steps["synthetic-2"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps_rule"]["rule"] == "scaled"
+    assert summary["steps_rule"]["steps"] == steps
+    total = sum(steps.values()) + 2 * OPTS["synth_steps"]  # type: ignore[operator]
+    assert ticks[-1] == (total, total)
+
+
+def _cli_evaluate(data: Path, test: Path, out: Path) -> Any:
+    return CliRunner().invoke(
+        app, ["evaluate", str(data), "--test", str(test), "--out", str(out), "--quick",
+              "--expert-count", "3", "--device", "cpu"],
+    )  # fmt: skip
+
+
+def test_test_image_in_data_is_refused(tiny: Path, held_out: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    leaked = sorted((held_out / "images").glob("*.png"))[0]
+    shutil.copy(leaked, data / "images" / "copy.png")
+    shutil.copy(held_out / "masks" / leaked.name, data / "masks" / "copy.png")
+    result = _cli_evaluate(data, held_out, tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert "1 image(s) of" in result.output and "test images" in result.output
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+@pytest.mark.parametrize("layout", ["bare", "empty images/ + masks/", "missing"])
+def test_test_folder_without_pairs_is_refused(tiny: Path, tmp_path: Path, layout: str) -> None:
+    test = tmp_path / "test"
+    if layout != "missing":
+        test.mkdir()
+    if layout.startswith("empty"):
+        (test / "images").mkdir()
+        (test / "masks").mkdir()
+    result = _cli_evaluate(tiny, test, tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert f"--test {test}" in " ".join(result.output.split())
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
