@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from medcrowd.cli_people import experts_app, volunteers_app
 from medcrowd.cli_segmenter import evaluate_command, select_command, train_app
 from medcrowd.cli_synth import export_command, synth_app
 from medcrowd.connection import DataDirOption, TokenOption, UrlOption, cli_errors, open_studio
@@ -92,6 +93,15 @@ def up(
             show_default=False,
         ),
     ] = None,
+    roles: Annotated[
+        bool,
+        typer.Option(
+            help="Enforce volunteer roles inside Label Studio (medcrowd's plugin: volunteers "
+            "see and change only their own work; docs/security.md). Off by default until the "
+            "stock labelling page is verified under it.",
+            envvar="MEDCROWD_ROLES",
+        ),
+    ] = False,
 ) -> None:
     """Start Label Studio (SQLite or PostgreSQL) + the ML backend, create a project, import
     sample images."""
@@ -113,6 +123,7 @@ def up(
         device=device,
         wait=wait,
         database=db,
+        roles=roles,
     )
     try:
         code = run_up(opts, say=console.print)
@@ -350,55 +361,8 @@ def gold_add(
     console.print(f"{report.added} gold tasks added, {report.already} already gold")
 
 
-volunteers_app = typer.Typer(help="Volunteer accounts.", no_args_is_help=True)
 app.add_typer(volunteers_app, name="volunteers")
-
-
-@volunteers_app.command("add")
-def volunteers_add(
-    email: Annotated[str, typer.Argument(help="The volunteer's email (their login).")],
-    password: Annotated[
-        str,
-        typer.Option(
-            prompt=True,
-            hide_input=True,
-            envvar="MEDCROWD_VOLUNTEER_PASSWORD",
-            help="Their initial password.",
-        ),
-    ],
-    url: UrlOption = None,
-    token: TokenOption = None,
-    data_dir: DataDirOption = None,
-) -> None:
-    """Create a volunteer account (through the organisation's signup link)."""
-    with cli_errors():
-        user_id, _ = open_studio(url, token, data_dir).create_volunteer(email, password)
-    console.print(f"volunteer {email} created (user id {user_id})")
-
-
-@volunteers_app.command("list")
-def volunteers_list(
-    url: UrlOption = None, token: TokenOption = None, data_dir: DataDirOption = None
-) -> None:
-    """List the organisation's accounts."""
-    from rich.table import Table
-
-    with cli_errors():
-        users = open_studio(url, token, data_dir).users()
-    table = Table("id", "email")
-    for uid, email in sorted(users.items()):
-        table.add_row(str(uid), email)
-    console.print(table)
-
-
-@volunteers_app.command("link")
-def volunteers_link(
-    url: UrlOption = None, token: TokenOption = None, data_dir: DataDirOption = None
-) -> None:
-    """Print the signup link to send volunteers."""
-    with cli_errors():
-        link = open_studio(url, token, data_dir).signup_link()
-    console.print(link, soft_wrap=True)  # never broken across lines: it is copied
+app.add_typer(experts_app, name="experts")
 
 
 @app.command()

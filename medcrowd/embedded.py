@@ -227,6 +227,8 @@ class LabelStudioProcess(_ChildService):
         local_files_root: enables Label Studio local-file serving from this directory.
         database: PostgreSQL to use instead of SQLite in ``data_dir``; Label Studio runs its
             migrations there on first start.
+        roles: run Label Studio with medcrowd's plugin (``medcrowd.lsplugin``): volunteers
+            are held to their own work by an allow-list on the server (docs/security.md).
     """
 
     data_dir: Path
@@ -236,6 +238,7 @@ class LabelStudioProcess(_ChildService):
     port: int = 8080
     local_files_root: Path | None = None
     database: PostgresDatabase | None = None
+    roles: bool = False
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -283,6 +286,11 @@ class LabelStudioProcess(_ChildService):
             for prefix in ("LABEL_STUDIO_", "HEARTEX_", ""):
                 env.pop(prefix + key, None)
         env.update(db)
+        # Label Studio only defaults DJANGO_SETTINGS_MODULE, so ours (which extends its own
+        # settings with the roles app and middleware) is taken when set; never inherit one.
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+        if self.roles:
+            env["DJANGO_SETTINGS_MODULE"] = "medcrowd.lsplugin.settings"
         if self.local_files_root is not None:
             env["LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED"] = "true"
             env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] = str(self.local_files_root)

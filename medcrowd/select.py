@@ -144,9 +144,10 @@ def select_tasks(
             raise ValueError("--strategy sqa needs --model (a file from `medcrowd train sqa`)")
         if not model.is_file():
             raise FileNotFoundError(f"no model file at {model}")
+        from ml_backend.device import resolve_device
         from segmenter.sqa import QualityAssessor
 
-        assessor = QualityAssessor.load(model, device=options.device)
+        assessor = QualityAssessor.load(model, device=resolve_device(options.device))
     version = _model_version(model if assessor else None, options.strategy, options.seed)
     report = SelectReport(model_version=version)
     tasks = _unlabelled(studio, project_id)

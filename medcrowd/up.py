@@ -40,6 +40,7 @@ class UpOptions:
     device: str = "auto"
     wait: bool = True
     database: PostgresDatabase | None = None
+    roles: bool = False
 
 
 def iter_image_files(folder: Path) -> list[tuple[str, bytes]]:
@@ -63,6 +64,7 @@ def run_up(opts: UpOptions, say: Callable[[str], None] = print) -> int:
         token=creds.token,
         port=opts.port,
         database=opts.database,
+        roles=opts.roles,
     )
     backend = BackendProcess(
         port=opts.backend_port,

@@ -1,7 +1,8 @@
 """Volunteers cannot break or peek: the permission matrix against a real Label Studio.
 
 Label Studio is started with medcrowd's plugin (``DJANGO_SETTINGS_MODULE=
-medcrowd.lsplugin.settings``) through the same ``LabelStudioProcess`` ``medcrowd up`` uses. The
+medcrowd.lsplugin.settings``) through the same ``LabelStudioProcess(roles=True)`` that
+``medcrowd up --roles`` uses. The
 admin makes a project with tasks, a gold annotation and a stored prediction; volunteers A and
 B sign up through the invitation link; an expert signs up and is promoted to staff.
 
@@ -71,9 +72,9 @@ def plugged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugged]:
         password=secrets.token_urlsafe(12),
         token=secrets.token_hex(20),
         port=free_port(),
+        roles=True,  # DJANGO_SETTINGS_MODULE=medcrowd.lsplugin.settings, as `up --roles` does
     )
     with pytest.MonkeyPatch.context() as mp:  # the child's environment comes from ours
-        mp.setenv("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
         mp.setenv("MEDCROWD_AUTH_RATE_PER_MINUTE", str(RATE_PER_MINUTE))
         env = proc.environment()
         proc.start()

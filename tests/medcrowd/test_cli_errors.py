@@ -91,6 +91,11 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     ],
     "volunteers list": [(DOWN, NOT_ANSWERING), ([], "run `medcrowd up`")],
     "volunteers link": [(DOWN, NOT_ANSWERING)],
+    "volunteers promote": [(["v@example.com", *DOWN], NOT_ANSWERING), ([], "Missing argument")],
+    "volunteers demote": [(["v@example.com", *DOWN], NOT_ANSWERING)],
+    "experts add": [
+        (["e@example.com", "--password", "Pass-word-1!", *DOWN], NOT_ANSWERING),
+    ],
     "version": [(["extra"], "unexpected extra argument")],
     "backend serve": [
         (["--host", "0.0.0.0"], "without authentication"),  # noqa: S104 - refused, never bound
