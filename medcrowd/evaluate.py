@@ -432,7 +432,9 @@ def evaluate(
     train_pix2pix = "synthetic" in options.arms and synth_given is None
     per_seed = sum(train_steps(sizes[key], options) for key, _, _ in plan)
     per_seed += len(counts) * options.synth_steps if train_pix2pix else 0
-    steps = _Steps(len(options.seeds) * per_seed, progress)
+    from segmenter.training import StepCounter
+
+    steps = StepCounter(len(options.seeds) * per_seed, progress)
     rows: list[dict[str, Any]] = []
     crowd_reports: dict[str, Any] = {}
     need_crowd = any(a in options.arms for a in ("crowd", "synthetic"))
@@ -551,23 +553,6 @@ def _arm_sizes(
         sizes[_key("crowd", n, multi)] = base
         sizes[_key("synthetic", n, multi)] = base + extra
     return sizes
-
-
-class _Steps:
-    """One ``progress(done, total)`` over the whole run, fed by each training call."""
-
-    def __init__(self, total: int, progress: Progress | None) -> None:
-        self.total, self.done, self.progress = total, 0, progress
-
-    def part(self) -> Progress:
-        start = self.done
-
-        def tick(done: int, _total: int) -> None:
-            self.done = start + done
-            if self.progress is not None:
-                self.progress(min(self.done, self.total), self.total)
-
-        return tick
 
 
 def _synthesise(

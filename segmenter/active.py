@@ -29,7 +29,7 @@ import numpy.typing as npt
 from segmenter.metrics import dice_scores
 from segmenter.model import SegmenterConfig
 from segmenter.trainer import Segmenter
-from segmenter.training import Progress
+from segmenter.training import Progress, StepCounter
 
 __all__ = [
     "STRATEGIES",
@@ -187,24 +187,6 @@ def _mean_dice(seg: Segmenter, images: np.ndarray, masks: np.ndarray) -> float:
     return float(np.mean(dice_scores(seg.predict(images), masks)))
 
 
-class _Steps:
-    """One ``progress(done, total)`` over the whole simulation, fed by the sub-tasks."""
-
-    def __init__(self, total: int, progress: Progress | None) -> None:
-        self.total, self.done, self.progress = total, 0, progress
-
-    def part(self) -> Progress:
-        """A callback for one sub-task (a ``fit``): its ``done`` counts from here."""
-        start = self.done
-
-        def tick(done: int, _total: int) -> None:
-            self.done = start + done
-            if self.progress is not None:
-                self.progress(min(self.done, self.total), self.total)
-
-        return tick
-
-
 def planned_steps(
     strategies: tuple[str, ...],
     *,
@@ -288,7 +270,7 @@ def simulate_active_learning(
     log = on_log or (lambda _event: None)
     cfg = SegmenterConfig(**{**config.to_dict(), "seed": seed})
     settings = sqa or SQASettings()
-    steps = _Steps(
+    steps = StepCounter(
         planned_steps(
             strategies, initial=initial, rounds=rounds, config=cfg,
             finetune_steps=finetune_steps, sqa=settings,

@@ -24,6 +24,7 @@ __all__ = [
     "Augment",
     "Batches",
     "Progress",
+    "StepCounter",
     "check_side",
     "fit_seeds",
     "images_to_tensor",
@@ -38,6 +39,27 @@ U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: units of work done so far (optimiser steps) out of ``total``."""
+
+
+class StepCounter:
+    """One ``progress(done, total)`` over a whole run made of several training calls.
+
+    ``part()`` gives the callback for the next call (a ``fit``): its ``done`` counts on from
+    where the previous part stopped, and the total reported is the run's, capped at it.
+    """
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total, self.done, self.progress = total, 0, progress
+
+    def part(self) -> Progress:
+        start = self.done
+
+        def tick(done: int, _total: int) -> None:
+            self.done = start + done
+            if self.progress is not None:
+                self.progress(min(self.done, self.total), self.total)
+
+        return tick
 
 
 def images_to_tensor(images: np.ndarray, in_channels: int, name: str = "images") -> torch.Tensor:
