@@ -201,6 +201,19 @@ class BackendConfig:
     """Server processes (1..64); 1 serves in this process with uvicorn, more run under
     gunicorn with one model per process (:mod:`ml_backend.workers`)."""
 
+    threads: int = field(
+        default=0,
+        metadata=_how(
+            help="CPU threads per worker for the model (0: the cores divided by --workers); "
+            "ONNX Runtime's thread spinning is off.",
+            env=ENV_PREFIX + "THREADS",
+            cli_env=True,
+        ),
+    )
+    """Intra-op CPU threads of each worker's model (0..256; 0: ``os.cpu_count() // workers``,
+    at least 1), applied at process start by :func:`ml_backend.device.configure_threads`
+    (PyTorch intra-op, one inter-op thread, ONNX Runtime without busy-waiting)."""
+
     max_inflight: int = field(
         default=2,
         metadata=_how(
@@ -275,6 +288,8 @@ class BackendConfig:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
         if not 1 <= self.workers <= 64:
             raise ValueError(f"workers must be in 1..64, got {self.workers}")
+        if not 0 <= self.threads <= 256:
+            raise ValueError(f"threads must be in 0..256, got {self.threads}")
         if not 1 <= self.max_inflight <= 256:
             raise ValueError(f"max_inflight must be in 1..256, got {self.max_inflight}")
         if not 0 <= self.max_queue <= 100_000:
@@ -296,7 +311,7 @@ class BackendConfig:
         ``medcrowd backend serve`` reads), and ``MEDCROWD_BACKEND_`` + ``HOST`` (default
         ``0.0.0.0``), ``PREDICTOR``, ``DEVICE``, ``CHECKPOINT``, ``DRAFT_MODEL``,
         ``CACHE_DIR``, ``LOCAL_FILES_ROOT``, ``ALLOWED_ROOTS`` (``os.pathsep``-separated),
-        ``MAX_INFLIGHT``, ``MAX_QUEUE``, ``REQUEST_TIMEOUT_S``, ``CACHE_BYTES``,
+        ``THREADS``, ``MAX_INFLIGHT``, ``MAX_QUEUE``, ``REQUEST_TIMEOUT_S``, ``CACHE_BYTES``,
         ``MAX_BODY_BYTES``, ``MAX_IMAGE_PIXELS``, ``WARM_ON_IMPORT``.
 
         Args:

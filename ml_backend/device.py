@@ -14,9 +14,18 @@ Example::
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 
-__all__ = ["DEVICE_NAMES", "check_device_name", "resolve_device"]
+__all__ = [
+    "DEVICE_NAMES",
+    "ThreadSettings",
+    "check_device_name",
+    "configure_threads",
+    "resolve_device",
+    "thread_settings",
+]
 
 DEVICE_NAMES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 """The accepted spellings, for help texts and error messages."""
@@ -66,3 +75,54 @@ def resolve_device(name: str) -> str:
     if index >= count:
         raise ValueError(f"device {name!r} requested but only {count} GPU(s) exist")
     return name
+
+
+@dataclass(frozen=True)
+class ThreadSettings:
+    """CPU threads one backend process uses for model work.
+
+    Attributes:
+        intra_op: threads of one ONNX Runtime / PyTorch operator (``--threads``).
+        spinning: ONNX Runtime's worker threads busy-wait for the next operator (its default)
+            instead of sleeping. On a machine whose cores are shared with Label Studio, other
+            workers or other people, spinning burns whole cores between requests and slows
+            everyone else down, so the backend turns it off.
+    """
+
+    intra_op: int
+    spinning: bool = False
+
+
+_settings: ThreadSettings | None = None
+
+
+def thread_settings() -> ThreadSettings:
+    """The process's setting (:func:`configure_threads`); default all cores, no spinning."""
+    return _settings or ThreadSettings(intra_op=os.cpu_count() or 1)
+
+
+def configure_threads(threads: int, workers: int = 1, spinning: bool = False) -> ThreadSettings:
+    """Fix this process's CPU thread pools before a model is built; call once at start.
+
+    ``threads`` 0 means the cores divided by ``workers`` (at least 1), so N worker processes
+    do not each run a pool as wide as the machine. PyTorch gets the same number of intra-op
+    threads and one inter-op thread (the backend runs one operator graph at a time per model
+    call); ONNX Runtime sessions built afterwards (:class:`ml_backend.onnx_export.OnnxRunner`)
+    take ``intra_op`` and ``spinning`` from here.
+
+    Raises:
+        ValueError: ``threads`` < 0 or ``workers`` < 1.
+    """
+    global _settings
+    if threads < 0 or workers < 1:
+        raise ValueError(f"threads must be >= 0 and workers >= 1, got {threads}, {workers}")
+    n = threads or max(1, (os.cpu_count() or 1) // workers)
+    _settings = ThreadSettings(intra_op=n, spinning=spinning)
+    import torch  # the backend process has it anyway; here the first time, before any model
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work already ran in this process
+        pass
+    return _settings

@@ -24,6 +24,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from ml_backend.device import thread_settings
+
 __all__ = ["OnnxRunner", "export_verified", "file_sha256"]
 
 logger = logging.getLogger(__name__)
@@ -45,12 +47,24 @@ class OnnxRunner:
 
     Args:
         path: the ``.onnx`` file.
-        num_threads: intra-op threads; default ``os.cpu_count()``.
+        num_threads: intra-op threads; default the process's setting
+            (:func:`ml_backend.device.configure_threads`: ``--threads``, else all cores).
+        spinning: let idle pool threads busy-wait; default the process's setting (off: on
+            shared cores spinning costs more CPU than it saves latency).
     """
 
-    def __init__(self, path: Path | str, num_threads: int | None = None) -> None:
+    def __init__(
+        self, path: Path | str, num_threads: int | None = None, spinning: bool | None = None
+    ) -> None:
+        settings = thread_settings()
         options = ort.SessionOptions()
-        options.intra_op_num_threads = num_threads or os.cpu_count() or 1
+        options.intra_op_num_threads = num_threads or settings.intra_op
+        options.inter_op_num_threads = 1
+        spin = settings.spinning if spinning is None else spinning
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
+        self.num_threads = options.intra_op_num_threads
+        self.spinning = spin
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

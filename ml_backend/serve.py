@@ -45,6 +45,9 @@ def serve(config: BackendConfig, log_level: str = "info") -> None:
         return
     import uvicorn
 
+    from ml_backend.device import configure_threads
+
+    configure_threads(config.threads, workers=1)
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_level=log_level)
 

@@ -49,6 +49,9 @@ __all__ = ["UvicornWorker", "app_from_env", "gunicorn_options", "serve_workers"]
 
 log = logging.getLogger("ml_backend.workers")
 
+THREADS_ENV = "MEDCROWD_BACKEND_THREADS"
+"""How the master tells its forked workers ``--threads`` (the variable ``from_env`` reads)."""
+
 WORKER_BOOT_ERROR = 3
 """gunicorn's exit status for a worker that failed to boot (the master then halts)."""
 BOOT_TIMEOUT_S = 900.0
@@ -67,7 +70,7 @@ class UvicornWorker(_UvicornWorker):
     CONFIG_KWARGS = {"loop": "asyncio", "http": "h11", "lifespan": "off"}  # noqa: RUF012
 
     def init_process(self) -> None:
-        _limit_torch_threads(int(self.cfg.workers))
+        _limit_threads(_threads_setting(), int(self.cfg.workers))
         _heartbeat_while_booting(self)
         super().init_process()
 
@@ -82,13 +85,25 @@ def app_from_env() -> Any:
     return create_app(BackendConfig.from_env())
 
 
-def _limit_torch_threads(workers: int) -> None:
-    """Share the CPU cores between the workers instead of each worker using all of them."""
-    import torch  # in the worker, after the fork
+def _threads_setting() -> int:
+    """``--threads`` of this backend (:class:`BackendConfig`), read in the forked worker.
 
-    per_worker = max(1, (os.cpu_count() or 1) // workers)
-    if torch.get_num_threads() > per_worker:
-        torch.set_num_threads(per_worker)
+    :func:`serve_workers` passes it through the environment, as gunicorn's own command line
+    does (``MEDCROWD_BACKEND_THREADS``); unset or malformed: 0 (cores / workers; a malformed
+    value has already been refused by :meth:`BackendConfig.from_env` in ``app_from_env``).
+    """
+    try:
+        return max(0, int(os.environ.get(THREADS_ENV) or 0))
+    except ValueError:
+        return 0
+
+
+def _limit_threads(threads: int, workers: int) -> None:
+    """Share the CPU cores between the workers instead of each worker using all of them:
+    ``threads`` per worker (0: cores / workers), PyTorch and ONNX Runtime, no spinning."""
+    from ml_backend.device import configure_threads  # imports torch: in the worker, after fork
+
+    configure_threads(threads, workers=workers)
 
 
 def _heartbeat_while_booting(worker: Any) -> None:
@@ -168,6 +183,7 @@ def serve_workers(config: BackendConfig, log_level: str = "info") -> None:
             model could not be loaded; the log above says why).
     """
     config.validate()
+    os.environ[THREADS_ENV] = str(config.threads)  # read by each worker's init_process
     master = os.getpid()
     try:
         _Gunicorn(config, gunicorn_options(config, log_level)).run()

@@ -34,6 +34,7 @@ def test_from_env_reads_every_setting() -> None:
         "MEDCROWD_BACKEND_CACHE_DIR": "/cache",
         "MEDCROWD_BACKEND_LOCAL_FILES_ROOT": "/data",
         "MEDCROWD_BACKEND_ALLOWED_ROOTS": os.pathsep.join(["/data/a", "", "/data/b"]),
+        "MEDCROWD_BACKEND_THREADS": "1",
         "MEDCROWD_BACKEND_MAX_INFLIGHT": "3",
         "MEDCROWD_BACKEND_MAX_QUEUE": "0",
         "MEDCROWD_BACKEND_REQUEST_TIMEOUT_S": "12.5",
@@ -57,6 +58,7 @@ def test_from_env_reads_every_setting() -> None:
     assert config.local_files_root == Path("/data")
     assert config.allowed_roots == [Path("/data/a"), Path("/data/b")]
     assert (config.max_inflight, config.max_queue, config.request_timeout_s) == (3, 0, 12.5)
+    assert config.threads == 1
     assert config.warm_on_import is False
     assert (config.cache_bytes, config.max_body_bytes, config.max_image_pixels) == (
         1000,
@@ -89,6 +91,7 @@ def test_from_env_defaults_and_refusals() -> None:
         "CACHE_BYTES": ("1e3", "MEDCROWD_BACKEND_CACHE_BYTES must be an integer"),
         "WARM_ON_IMPORT": ("maybe", "MEDCROWD_BACKEND_WARM_ON_IMPORT must be true or false"),
         "MAX_INFLIGHT": ("0", "max_inflight must be in 1..256, got 0"),
+        "THREADS": ("-1", "threads must be in 0..256, got -1"),
         "DEVICE": ("tpu", "unsupported device 'tpu'"),
     }
     for name, (raw, message) in refusals.items():
@@ -106,6 +109,7 @@ def test_from_env_defaults_and_refusals() -> None:
         ({"port": 65536}, "port must be in 1..65535"),
         ({"workers": 65}, "workers must be in 1..64"),
         ({"max_inflight": 257}, "max_inflight must be in 1..256"),
+        ({"threads": 257}, "threads must be in 0..256"),
         ({"max_queue": 100_001}, "max_queue must be in 0..100000"),
         ({"request_timeout_s": -1.0}, "request_timeout_s must be > 0"),
         ({"max_body_bytes": -1}, "max_body_bytes must be >= 0"),
@@ -133,9 +137,11 @@ def test_cli_options_are_the_fields() -> None:
     assert list(options) == [
         "host", "port", "label_studio_url", "label_studio_token", "basic_auth_user",
         "basic_auth_pass", "predictor", "device", "checkpoint", "draft_model", "cache_dir",
-        "local_files_root", "allowed_root", "workers", "max_inflight", "max_queue",
+        "local_files_root", "allowed_root", "workers", "threads", "max_inflight", "max_queue",
         "request_timeout",
     ]  # fmt: skip
+    assert options["threads"].default == BackendConfig().threads == 0
+    assert options["threads"].envvar == "MEDCROWD_BACKEND_THREADS"
     defaults = BackendConfig()
     assert options["max_queue"].default == defaults.max_queue == 32
     assert options["request_timeout"].default == defaults.request_timeout_s == 90.0
@@ -152,8 +158,8 @@ def test_from_cli_maps_every_option() -> None:
         "label_studio_token": "tok", "basic_auth_user": "u", "basic_auth_pass": "p",
         "predictor": "medsam", "device": "cpu", "checkpoint": Path("/w.pth"),
         "draft_model": Path("/d.pt"), "cache_dir": Path("/c"), "local_files_root": Path("/l"),
-        "allowed_root": [Path("/a"), Path("/b")], "workers": 3, "max_inflight": 4,
-        "max_queue": 5, "request_timeout": 6.5,
+        "allowed_root": [Path("/a"), Path("/b")], "workers": 3, "threads": 1,
+        "max_inflight": 4, "max_queue": 5, "request_timeout": 6.5,
     }  # fmt: skip
     assert set(values) == {o.name for o in cli_options()}
     config = BackendConfig.from_cli(values)
@@ -161,8 +167,8 @@ def test_from_cli_maps_every_option() -> None:
         host="::1", port=9191, label_studio_url="http://ls:8080", label_studio_token="tok",
         basic_auth=("u", "p"), predictor="medsam", device="cpu", checkpoint=Path("/w.pth"),
         draft_model=Path("/d.pt"), cache_dir=Path("/c"), local_files_root=Path("/l"),
-        allowed_roots=[Path("/a"), Path("/b")], workers=3, max_inflight=4, max_queue=5,
-        request_timeout_s=6.5,
+        allowed_roots=[Path("/a"), Path("/b")], workers=3, threads=1, max_inflight=4,
+        max_queue=5, request_timeout_s=6.5,
     )  # fmt: skip
     unset = {o.name: o.default for o in cli_options()}
     assert BackendConfig.from_cli(unset) == BackendConfig()
