@@ -126,7 +126,11 @@ class ImageFetcher:
         cached_images: how many decoded images to keep, so a volunteer's next box on the
             same task skips the download and decode. Only immutable sources are cached:
             Label Studio uploads (their names are unique) and local files keyed by path,
-            size and modification time.
+            size and modification time. 30 volunteers each on their own task need at least
+            30 (with 8, the load benchmark's warm boxes fetched and decoded their image
+            again nearly every time).
+        cached_bytes: bound on the decoded images' total size (a 512×512 RGB slice is
+            0.75 MiB); whichever bound is reached first evicts the least recently used.
     """
 
     label_studio_url: str | None
@@ -136,11 +140,13 @@ class ImageFetcher:
     max_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 8192 * 8192
     timeout_s: float = 30.0
-    cached_images: int = 8
+    cached_images: int = 256
+    cached_bytes: int = 192 * 1024 * 1024
     _token_state: _TokenState = field(default_factory=_TokenState, repr=False)
     _decoded: OrderedDict[tuple[Any, ...], npt.NDArray[np.generic]] = field(
         default_factory=OrderedDict, repr=False
     )
+    _decoded_bytes: int = field(default=0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -166,11 +172,16 @@ class ImageFetcher:
                     return self._decoded[key]
         image = decode_image(self._read(source), self.max_pixels)
         image.flags.writeable = False
-        if key is not None and self.cached_images > 0:
+        if key is not None and self.cached_images > 0 and image.nbytes <= self.cached_bytes:
             with self._lock:
-                self._decoded[key] = image
-                while len(self._decoded) > self.cached_images:
-                    self._decoded.popitem(last=False)
+                if key not in self._decoded:
+                    self._decoded_bytes += image.nbytes
+                    self._decoded[key] = image
+                while (
+                    len(self._decoded) > self.cached_images
+                    or self._decoded_bytes > self.cached_bytes
+                ):
+                    self._decoded_bytes -= self._decoded.popitem(last=False)[1].nbytes
         return image
 
     def fetch_bytes(self, url: str) -> bytes:

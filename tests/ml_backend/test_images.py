@@ -130,3 +130,18 @@ def test_cache_is_bounded(roots: tuple[Path, Path]) -> None:
     assert len(fetcher._decoded) == 2
     assert fetcher.fetch("/data/local-files/?d=project/4.png") is arrays[4]
     assert fetcher.fetch("/data/local-files/?d=project/0.png") is not arrays[0]
+
+
+def test_cache_is_bounded_in_bytes_and_holds_a_crowd(roots: tuple[Path, Path]) -> None:
+    served, _ = roots
+    for i in range(40):
+        (served / "project" / f"{i}.png").write_bytes(png(np.full((10, 10, 3), i, np.uint8)))
+    crowd = ImageFetcher(label_studio_url=None, local_files_root=served)
+    arrays = [crowd.fetch(f"/data/local-files/?d=project/{i}.png") for i in range(40)]
+    # the default holds 30 volunteers' images at once: the first is still the same object
+    assert crowd.fetch("/data/local-files/?d=project/0.png") is arrays[0]
+    small = ImageFetcher(label_studio_url=None, local_files_root=served, cached_bytes=3 * 300)
+    for i in range(5):
+        small.fetch(f"/data/local-files/?d=project/{i}.png")  # 300 bytes each
+    assert len(small._decoded) == 3 and small._decoded_bytes == 900
+    assert small.fetch("/data/local-files/?d=project/0.png") is not arrays[0]
