@@ -387,25 +387,31 @@ def auto_tasks(args: argparse.Namespace) -> int:
     return int(min(400, max(20, math.ceil(needed))))
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Start Label Studio and the backend once, then run every (volunteers, think) point."""
     data = Path(os.environ.get("MEDCROWD_SHARED_DATA", REPO.parent / "shared" / "data"))
     if not (data / "sammed2d_demo").is_dir():
         raise SystemExit(f"sammed2d_demo not found under {data}; set MEDCROWD_SHARED_DATA")
-    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="medcrowd-load-"))
     ls_dir = Path(args.ls_data_dir) if args.ls_data_dir else work / "label-studio"
     creds = credentials(ls_dir)
+    ls_kwargs: dict[str, Any] = {}
+    if args.ls_server != "dev" or args.no_wal:
+        ls_kwargs = {"server": args.ls_server, "workers": args.ls_workers,
+                     "threads": args.ls_threads, "sqlite_wal": not args.no_wal}  # fmt: skip
     ls = LabelStudioProcess(
         data_dir=ls_dir,
         email=creds["email"],
         password=creds["password"],
         token=creds["token"],
         port=free_port(),
+        **ls_kwargs,
     )
     backend: BenchBackend | None = None
     step = _stepper()
+    results = []
     try:
-        step("starting Label Studio")
+        step(f"starting Label Studio ({args.ls_server})")
         ls.start()
         cache_dir = work / "backend-cache"
         cache_dir.mkdir()
@@ -414,6 +420,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shared.mkdir(parents=True, exist_ok=True)
             (cache_dir / "onnx").symlink_to(shared, target_is_directory=True)
         extra = ["--workers", str(args.backend_workers)] if args.backend_workers > 1 else []
+        if args.backend_threads is not None:
+            extra += ["--threads", str(args.backend_threads)]
         backend = BenchBackend(
             port=free_port(),
             label_studio_url=ls.url,
@@ -427,78 +435,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         step(f"starting the backend ({args.backend_workers} worker(s))")
         backend.start(timeout_s=600)
         admin = Studio(ls.url, ls.token)
-        pid = admin.ensure_project(
-            f"load {uuid.uuid4().hex[:8]}",
-            config_path("labeling_box_brush.xml").read_text(),
-            maximum_annotations=args.overlap,
-        )
-        tasks = args.tasks or auto_tasks(args)
-        step(f"making {tasks} task images")
-        files = make_tasks(data, tasks, work / "truth")
-        if args.prewarm:
-            ml_id = admin.connect_backend(pid, backend.url, backend.basic_auth)
-        step(f"importing {tasks} images")
-        imported = admin.import_images(pid, files)
-        if imported.created != tasks:
-            raise SystemExit(f"{imported.created} of {tasks} tasks imported: {imported.failed}")
-        if args.prewarm:
-            step("waiting for the backend to pre-compute the embeddings (webhook)")
-            _wait_for_files(cache_dir / "embeddings", tasks, timeout_s=30 + 10 * tasks)
-        else:
-            ml_id = admin.connect_backend(pid, backend.url, backend.basic_auth)
-        step(f"signing up {args.volunteers} volunteers")
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
-        models = [models[i % len(models)] for i in range(args.volunteers)]
-        stop = threading.Event()
-        rec = Recorder()
-
-        def sleep(seconds: float) -> None:
-            if stop.wait(seconds):
-                raise Stopped
-
-        crowd = make_volunteers(
-            admin,
-            pid,
-            ml_id,
-            models,
-            {p.stem: p for p in (work / "truth").glob("*.png")},
-            work / "accounts.json",
-            args.seed,
-            studio_factory=lambda token: Studio(
-                ls.url, token, timeout_s=args.timeout, retry=RetryPolicy(budget_s=0)
-            ),
-            boxes=args.boxes,
-            think_s=args.think,
-            timed=rec.timed,
-            sleep=sleep,
-        )
-        roots = {
-            "label_studio": ls.proc.pid,
-            "backend": backend.proc.pid,  # type: ignore[union-attr]
-            "client": os.getpid(),
-        }
-        step(
-            f"running {args.volunteers} volunteers for {args.duration:.0f} s "
-            f"(think {args.think} s, {args.boxes} box(es) per task)"
-        )
-        threads = [
-            threading.Thread(target=volunteer_loop, args=(v, stop, rec), daemon=True) for v in crowd
-        ]
-        with TreeSampler(roots, single=frozenset({"client"})) as sampler:
-            rec.t0 = time.perf_counter()
-            for thread in threads:
-                thread.start()
-                time.sleep(min(0.1, args.think / 10))  # people do not all click at once
-            deadline = time.monotonic() + args.duration
-            while time.monotonic() < deadline and any(t.is_alive() for t in threads):
-                time.sleep(0.5)
-            stop.set()
-            run_s = time.perf_counter() - rec.t0
-            for thread in threads:
-                thread.join(timeout=args.timeout + 30)
-        step("verifying the stored annotations")
-        verify = verify_annotations(admin, pid, rec.submitted)
-        return report(args, rec, sampler, run_s, verify, load_before, tasks, work)
+        for volunteers in args.volunteer_list:
+            for think in args.think_list:
+                point = argparse.Namespace(**{**vars(args), "volunteers": volunteers,
+                                              "think": think})  # fmt: skip
+                results.append(run_point(point, data, ls, backend, admin, work, step))
+                if len(args.volunteer_list) * len(args.think_list) > 1:
+                    print_table(results[-1])
+        return results
     finally:
         if backend is not None:
             backend.stop()
@@ -507,6 +451,96 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"kept {work}", file=sys.stderr)
+
+
+def run_point(
+    args: argparse.Namespace,
+    data: Path,
+    ls: LabelStudioProcess,
+    backend: BenchBackend,
+    admin: Studio,
+    work: Path,
+    step: Callable[[str], None],
+) -> dict[str, Any]:
+    """One measurement: a fresh project, ``args.volunteers`` volunteers for ``args.duration``."""
+    load_before = os.getloadavg()
+    cache_dir = backend.cache_dir
+    pid = admin.ensure_project(
+        f"load {uuid.uuid4().hex[:8]}",
+        config_path("labeling_box_brush.xml").read_text(),
+        maximum_annotations=args.overlap,
+    )
+    tasks = args.tasks or auto_tasks(args)
+    step(f"making {tasks} task images")
+    truth = work / f"truth-{pid}"
+    files = make_tasks(data, tasks, truth)
+    if args.prewarm:
+        ml_id = admin.connect_backend(pid, backend.url, backend.basic_auth)
+    before = len(list((cache_dir / "embeddings").glob("*.npz")))
+    step(f"importing {tasks} images")
+    imported = admin.import_images(pid, files)
+    if imported.created != tasks:
+        raise SystemExit(f"{imported.created} of {tasks} tasks imported: {imported.failed}")
+    if args.prewarm:
+        step("waiting for the backend to pre-compute the embeddings (webhook)")
+        _wait_for_files(cache_dir / "embeddings", before + tasks, timeout_s=30 + 10 * tasks)
+    else:
+        ml_id = admin.connect_backend(pid, backend.url, backend.basic_auth)
+    step(f"signing up (or reusing) {args.volunteers} volunteers")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = [models[i % len(models)] for i in range(args.volunteers)]
+    stop = threading.Event()
+    rec = Recorder()
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise Stopped
+
+    crowd = make_volunteers(
+        admin,
+        pid,
+        ml_id,
+        models,
+        {p.stem: p for p in truth.glob("*.png")},
+        work / "accounts.json",
+        args.seed,
+        studio_factory=lambda token: Studio(
+            ls.url, token, timeout_s=args.timeout, retry=RetryPolicy(budget_s=0)
+        ),
+        boxes=args.boxes,
+        think_s=args.think,
+        timed=rec.timed,
+        sleep=sleep,
+    )
+    roots = {
+        "label_studio": ls.proc.pid,  # type: ignore[union-attr]
+        "backend": backend.proc.pid,  # type: ignore[union-attr]
+        "client": os.getpid(),
+    }
+    step(
+        f"running {args.volunteers} volunteers for {args.duration:.0f} s "
+        f"(think {args.think} s, {args.boxes} box(es) per task)"
+    )
+    threads = [
+        threading.Thread(target=volunteer_loop, args=(v, stop, rec), daemon=True) for v in crowd
+    ]
+    with TreeSampler(roots, single=frozenset({"client"})) as sampler:
+        rec.t0 = time.perf_counter()
+        for thread in threads:
+            thread.start()
+            time.sleep(min(0.1, args.think / 10))  # people do not all click at once
+        deadline = time.monotonic() + args.duration
+        while time.monotonic() < deadline and any(t.is_alive() for t in threads):
+            time.sleep(0.5)
+        stop.set()
+        run_s = time.perf_counter() - rec.t0
+        for thread in threads:
+            thread.join(timeout=args.timeout + 30)
+    step("verifying the stored annotations")
+    verify = verify_annotations(admin, pid, rec.submitted)
+    result = report(args, rec, sampler, run_s, verify, load_before, tasks, work)
+    result["busy_answers_waited_out"] = sum(v.busy_answers for v in crowd)
+    return result
 
 
 def _stepper() -> Callable[[str], None]:
@@ -575,6 +609,12 @@ def report(
             "rss_mib_mean": round(float(np.mean(rss)), 1) if rss else 0.0,
             "cpu_pct_mean": round(float(np.mean(cpu)), 1) if cpu else 0.0,
         }
+    total_requests = sum(v["count"] + v["errors"] for v in kinds.values()) or 1
+    boxes = sum(kinds.get(k, {}).get("count", 0) for k in ("box_cold", "box_cold_wait", "box_warm"))
+    for name in ("label_studio", "backend", "client"):
+        cpu_ms = resources[name]["cpu_pct_mean"] / 100.0 * run_s * 1000.0
+        resources[name]["cpu_ms_per_request"] = round(cpu_ms / total_requests, 1)
+        resources[name]["cpu_ms_per_box"] = round(cpu_ms / boxes, 1) if boxes else None
     machine = [row["machine_cpu_pct"] for row in series]
     ours = [
         sum(row[f"{n}_cpu_pct"] for n in ("label_studio", "backend", "client")) for row in series
@@ -593,10 +633,14 @@ def report(
     return {
         "benchmark": "load_volunteers",
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "config": {k: v for k, v in vars(args).items() if k not in ("out",)} | {"tasks": tasks},
+        "config": {
+            k: v for k, v in vars(args).items() if k not in ("out", "volunteer_list", "think_list")
+        }
+        | {"tasks": tasks},
         "machine": {
             "cpus": cpus,
             "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "foreign_cpu_pct_mean": round(foreign, 1),
             "busy_machine": busy,
         },
@@ -645,11 +689,20 @@ def print_table(result: dict[str, Any]) -> None:
             print(f"  error {kind}: {n} x {reason}")
     if result["queue_empty"]:
         print(f"  the queue ran dry {result['queue_empty']} time(s): raise --tasks")
-    print(f"\n{'process tree':<15}{'RSS peak MiB':>14}{'RSS mean MiB':>14}{'CPU mean %':>12}")
+    print(
+        f"\n{'process tree':<15}{'RSS peak MiB':>14}{'RSS mean MiB':>14}{'CPU mean %':>12}"
+        f"{'CPU-ms/req':>12}"
+    )
     for name, r in result["resources"].items():
         print(
             f"{name:<15}{r['rss_mib_peak']:>14.0f}{r['rss_mib_mean']:>14.0f}"
-            f"{r['cpu_pct_mean']:>12.0f}"
+            f"{r['cpu_pct_mean']:>12.0f}{r.get('cpu_ms_per_request', 0):>12.1f}"
+        )
+    m = result["machine"]
+    print(f"load average before {m['loadavg_before']}, after {m.get('loadavg_after')}")
+    if result.get("busy_answers_waited_out"):
+        print(
+            f"busy (503) answers waited out by the volunteers: {result['busy_answers_waited_out']}"
         )
     lag = result["client_timing_lag_ms"]
     print(
@@ -669,17 +722,73 @@ def print_table(result: dict[str, Any]) -> None:
     )
 
 
+def _numbers(text: str, kind: type) -> list[Any]:
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(f"error: not a comma-separated list of numbers: {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise SystemExit(f"error: need non-negative numbers, got {text!r}")
+    return values
+
+
+def plot_curve(results: list[dict[str, Any]], path: Path) -> None:
+    """p95 per request kind (and CPU-ms per request) against volunteers, one line per think."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    thinks = sorted({r["config"]["think"] for r in results})
+    for think in thinks:
+        rows = sorted((r for r in results if r["config"]["think"] == think),
+                      key=lambda r: r["config"]["volunteers"])  # fmt: skip
+        vols = [r["config"]["volunteers"] for r in rows]
+        for ax, kind in zip(axes[:3], ("box_warm", "next", "submit"), strict=True):
+            ys = [(r["requests"].get(kind) or {}).get("p95_ms") for r in rows]
+            ax.plot(vols, [y if y is not None else float("nan") for y in ys], "o-",
+                    label=f"think {think:g} s")  # fmt: skip
+            ax.set_title(f"{kind} p95 (ms)")
+            ax.set_yscale("log")
+        cpu = [sum(r["resources"][t]["cpu_ms_per_request"] for t in ("label_studio", "backend"))
+               for r in rows]  # fmt: skip
+        axes[3].plot(vols, cpu, "o-", label=f"think {think:g} s")
+        axes[3].set_title("CPU-ms per request (LS + backend)")
+    axes[0].axhline(GOAL_WARM_P95_MS, color="grey", ls="--", lw=1)
+    axes[1].axhline(300, color="grey", ls="--", lw=1)
+    for ax in axes:
+        ax.set_xlabel("volunteers")
+        ax.legend(fontsize=8)
+    load = results[0]["machine"]["loadavg_before"]
+    fig.suptitle(
+        f"capacity on {results[0]['machine']['cpus']} cores (load average at start {load})"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--volunteers", type=int, default=30)
-    ap.add_argument("--duration", type=float, default=300.0, help="seconds of load")
+    ap.add_argument(
+        "--volunteers",
+        default="30",
+        help="volunteers; a comma-separated list makes a capacity curve (e.g. 5,10,20,30,50)",
+    )
+    ap.add_argument("--duration", type=float, default=300.0, help="seconds of load per point")
     ap.add_argument("--quick", action="store_true", help="a 30-s smoke run (--duration 30)")
     ap.add_argument(
         "--think",
-        type=float,
-        default=3.0,
-        help="mean pause (s) before each box and before submitting; 0: none",
+        default="3",
+        help="mean pause (s) before each box and before submitting; 0: none; a "
+        "comma-separated list makes a capacity curve (e.g. 3,20)",
     )
+    ap.add_argument(
+        "--curve",
+        action="store_true",
+        help="the capacity curve: --volunteers 5,10,20,30,50 --think 3,20",
+    )
+    ap.add_argument("--plot", default=None, help="PNG of the curve (default: next to --out)")
     ap.add_argument("--boxes", type=int, default=2, help="boxes drawn per task (redraws)")
     ap.add_argument("--overlap", type=int, default=5, help="volunteers per task")
     ap.add_argument(
@@ -697,6 +806,21 @@ def main() -> None:
         default=1,
         help="backend processes (passed as --workers when > 1)",
     )
+    ap.add_argument(
+        "--backend-threads",
+        type=int,
+        default=None,
+        help="the backend's --threads (default: its own)",
+    )
+    ap.add_argument(
+        "--ls-server",
+        default="dev",
+        choices=["dev", "gunicorn"],
+        help="dev: label-studio start; gunicorn: its WSGI app under gunicorn",
+    )
+    ap.add_argument("--ls-workers", type=int, default=2, help="gunicorn processes")
+    ap.add_argument("--ls-threads", type=int, default=8, help="gunicorn threads per process")
+    ap.add_argument("--no-wal", action="store_true", help="leave SQLite in rollback-journal mode")
     ap.add_argument("--predictor", default="litemedsam")
     ap.add_argument(
         "--prewarm",
@@ -721,12 +845,25 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.duration = 30.0
-    if args.volunteers < 1 or args.duration <= 0 or args.boxes < 1 or args.overlap < 1:
+    if args.curve:
+        args.volunteers, args.think = "5,10,20,30,50", "3,20"
+    args.volunteer_list = _numbers(args.volunteers, int)
+    args.think_list = _numbers(args.think, float)
+    args.volunteers, args.think = args.volunteer_list[0], args.think_list[0]
+    if min(args.volunteer_list) < 1 or args.duration <= 0 or args.boxes < 1 or args.overlap < 1:
         raise SystemExit("--volunteers, --duration, --boxes and --overlap must be positive")
-    result = run(args)
+    results = run(args)
     out = Path(args.out or "load_volunteers.json")
-    out.write_text(json.dumps(result, indent=2))
-    print_table(result)
+    if len(results) == 1:
+        out.write_text(json.dumps(results[0], indent=2))
+        print_table(results[0])
+    else:
+        out.write_text(
+            json.dumps({"benchmark": "load_volunteers curve", "points": results}, indent=2)
+        )
+        png = Path(args.plot) if args.plot else out.with_suffix(".png")
+        plot_curve(results, png)
+        print(f"\nPNG: {png}")
     print(f"\nJSON: {out}")
 
 

@@ -10,15 +10,26 @@ guard on and allow-lists the backend, see docker/).
 
 Its database is SQLite in the data directory unless a :class:`PostgresDatabase` is given
 (``medcrowd up --database postgresql://…``); the database password then travels to Label
-Studio in its environment only and is never printed.
+Studio in its environment only and is never printed. SQLite is switched to write-ahead
+logging (WAL, a property of the database file), so readers no longer wait for a writer.
+
+How Label Studio serves (``server=``): ``label-studio start`` runs Django's development
+server, one process with a thread per request, and every request of every volunteer shares
+one interpreter lock. ``server="gunicorn"`` runs what Label Studio's own deployment runs
+(its ``deploy/`` folder: a WSGI server on ``core.wsgi``, uwsgi or gunicorn): first
+``label-studio init`` (migrations, the admin and its token), then gunicorn with ``workers``
+processes of ``threads`` threads on ``label_studio.core.wsgi``. Static files are served by
+Label Studio's own URL routes in both cases.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,7 +40,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 
-__all__ = ["BackendProcess", "LabelStudioProcess", "PostgresDatabase", "free_port", "wait_http"]
+__all__ = [
+    "SERVERS",
+    "BackendProcess",
+    "LabelStudioProcess",
+    "PostgresDatabase",
+    "enable_wal",
+    "free_port",
+    "wait_http",
+]
 
 
 def free_port() -> int:
@@ -229,6 +248,11 @@ class LabelStudioProcess(_ChildService):
             migrations there on first start.
         roles: run Label Studio with medcrowd's plugin (``medcrowd.lsplugin``): volunteers
             are held to their own work by an allow-list on the server (docs/security.md).
+        server: ``"dev"`` — ``label-studio start`` (Django's development server, one
+            process); ``"gunicorn"`` — ``label-studio init``, then gunicorn with ``workers``
+            processes × ``threads`` threads (the production way, see the module docstring).
+        workers, threads: gunicorn's processes and threads per process (``server="gunicorn"``).
+        sqlite_wal: switch a SQLite database to write-ahead logging before serving.
     """
 
     data_dir: Path
@@ -239,12 +263,33 @@ class LabelStudioProcess(_ChildService):
     local_files_root: Path | None = None
     database: PostgresDatabase | None = None
     roles: bool = False
+    server: str = "dev"
+    workers: int = 2
+    threads: int = 8
+    sqlite_wal: bool = True
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.server not in SERVERS:
+            choices = " | ".join(SERVERS)
+            raise ValueError(f"unknown Label Studio server {self.server!r}; use {choices}")
+        if not (1 <= self.workers <= 64 and 1 <= self.threads <= 256):
+            raise ValueError(
+                f"Label Studio needs 1..64 workers and 1..256 threads, got {self.workers}, "
+                f"{self.threads}"
+            )
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file (Label Studio's default name), None with PostgreSQL."""
+        if self.database is not None:
+            return None
+        return self.data_dir / "label-studio" / "label_studio.sqlite3"
 
     @property
     def log_path(self) -> Path:
@@ -291,6 +336,8 @@ class LabelStudioProcess(_ChildService):
         env.pop("DJANGO_SETTINGS_MODULE", None)
         if self.roles:
             env["DJANGO_SETTINGS_MODULE"] = "medcrowd.lsplugin.settings"
+        elif self.server == "gunicorn":  # what `label-studio start` defaults it to
+            env["DJANGO_SETTINGS_MODULE"] = "label_studio.core.settings.label_studio"
         if self.local_files_root is not None:
             env["LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED"] = "true"
             env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] = str(self.local_files_root)
@@ -300,15 +347,82 @@ class LabelStudioProcess(_ChildService):
         """Start and wait for ``/health`` (first start runs migrations: about a minute)."""
         exe = shutil.which("label-studio") or str(Path(sys.executable).parent / "label-studio")
         data = str(self.data_dir / "label-studio")
-        cmd = [exe, "start", "--no-browser", "--internal-host", "127.0.0.1",
-               "--port", str(self.port), "--data-dir", data]  # fmt: skip
+        env = self.environment()
         try:
-            self._launch(cmd, self.environment(), self.log_path, timeout_s)
+            if self.server == "dev":
+                if self.sqlite_wal:
+                    enable_wal(self.sqlite_path)  # an existing database; a new one after start
+                cmd = [exe, "start", "--no-browser", "--internal-host", "127.0.0.1",
+                       "--port", str(self.port), "--data-dir", data]  # fmt: skip
+                self._launch(cmd, env, self.log_path, timeout_s)
+                if self.sqlite_wal:
+                    enable_wal(self.sqlite_path)
+                return
+            started = time.monotonic()
+            self._init(exe, data, env, timeout_s)
+            if self.sqlite_wal:
+                enable_wal(self.sqlite_path)
+            env["LABEL_STUDIO_PORT"] = str(self.port)
+            left = max(30.0, timeout_s - (time.monotonic() - started))
+            self._launch(self._gunicorn_command(), env, self.log_path, left)
         except RuntimeError as exc:  # the message carries the log's tail: scrub the secret
             secret = self.database.password if self.database else ""
             if secret and secret in str(exc):
                 raise RuntimeError(str(exc).replace(secret, "***")) from None
             raise
+
+    def _init(self, exe: str, data: str, env: dict[str, str], timeout_s: float) -> None:
+        """``label-studio init``: migrations, the admin and its token, then exit."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            try:
+                done = subprocess.run(
+                    [exe, "init", "--no-browser", "--quiet", "--data-dir", data],
+                    env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    timeout=timeout_s, check=False,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(
+                    f"label-studio init did not finish within {timeout_s:.0f} s"
+                ) from None
+        if done.returncode != 0:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"label-studio init exited with {done.returncode}\n{tail}")
+
+    def _gunicorn_command(self) -> list[str]:
+        """gunicorn on Label Studio's WSGI app; its package folder is on the path because
+        Label Studio imports its apps as top-level modules (``core``, ``tasks``…)."""
+        import label_studio
+
+        ls_path = str(Path(label_studio.__file__).resolve().parent)
+        return [sys.executable, "-m", "gunicorn",
+                "--bind", f"127.0.0.1:{self.port}",
+                "--workers", str(self.workers),
+                "--threads", str(self.threads),
+                "--worker-class", "gthread",
+                "--timeout", "120",  # above Label Studio's 100 s ML predict timeout
+                "--graceful-timeout", "15",
+                "--keep-alive", "5",
+                "--pythonpath", ls_path,
+                "--no-control-socket",
+                "label_studio.core.wsgi:application"]  # fmt: skip
+
+
+SERVERS = ("dev", "gunicorn")
+"""How :class:`LabelStudioProcess` serves: ``label-studio start`` or gunicorn workers."""
+
+
+def enable_wal(database: Path | None) -> bool:
+    """Switch a SQLite database to write-ahead logging (kept in the file); False when there
+    is no such file yet or it is busy (then it stays as it was)."""
+    if database is None or not database.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=10)) as conn:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    except sqlite3.Error:
+        return False
+    return str(mode).lower() == "wal"
 
 
 @dataclass

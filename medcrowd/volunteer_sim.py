@@ -16,6 +16,11 @@ through :class:`~medcrowd.studio.Studio`:
    specks); spammers skip the box and submit their perception as is;
 5. submit the rectangle and the brush, with a simulated lead time.
 
+A box answered "busy" — the backend's 503, which Label Studio 1.23.2 hands to the browser as
+``{"errors": ["503 Server Error: ..."]}`` without the backend's ``Retry-After`` header — is
+asked again after a pause, as the UI's user would redraw it: the ``Retry-After`` seconds when
+the answer carries them, else 1, 2, 4… s (at most 8 s), up to ``busy_retries`` times.
+
 Everything is seeded (each volunteer draws from its own stream), so a crowd is reproducible.
 The accounts file (0600) keeps the volunteers' tokens for re-runs.
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -52,6 +58,7 @@ __all__ = [
     "Timed",
     "Volunteer",
     "box_of",
+    "busy_delay",
     "correct",
     "load_accounts",
     "load_truths",
@@ -145,6 +152,7 @@ class Volunteer:
             0 for none.
         timed: wraps each request (:class:`Timed`).
         sleep: how to pause (a benchmark passes one that stops early at its deadline).
+        busy_retries: how often a box answered 503 ("backend busy") is asked again.
     """
 
     studio: Studio
@@ -160,6 +168,9 @@ class Volunteer:
     think_s: float = 0.0
     timed: Timed = untimed
     sleep: Callable[[float], None] = time.sleep
+    busy_retries: int = 4
+    busy_answers: int = 0
+    """503 answers this volunteer waited out (and asked again, or gave up on)."""
     _experts: dict[Path, np.ndarray] = field(default_factory=dict, repr=False)
 
     def next_task(self) -> dict[str, Any] | None:
@@ -195,7 +206,7 @@ class Volunteer:
                 context = {"result": [rectangle(box, w, h, self.label)]}
 
                 def ask(c: dict[str, Any] = context) -> Any:
-                    return self.studio.interactive_predict(self.ml_id, task["id"], c)
+                    return self.ask_backend(task["id"], c)
 
                 answer = self.timed("box", ask, image=url)
                 regions = (answer.get("data") or {}).get("result") or []
@@ -210,9 +221,47 @@ class Volunteer:
             task["id"], result, lead_time=lead))  # fmt: skip
         return "annotated"
 
+    def ask_backend(self, task_id: int, context: dict[str, Any]) -> Any:
+        """:meth:`Studio.interactive_predict`, waiting out "busy" (503) answers.
+
+        Returns Label Studio's last answer (with its ``errors`` when every try was busy).
+
+        Raises:
+            StudioError: Label Studio refused the call (a 503 of its own only after
+                ``busy_retries`` waits).
+        """
+        fallback = 1.0
+        for attempt in range(self.busy_retries + 1):
+            last = attempt == self.busy_retries
+            try:
+                answer = self.studio.interactive_predict(self.ml_id, task_id, context)
+            except StudioError as exc:
+                if exc.status_code != 503 or last:
+                    raise
+                delay = busy_delay(str(exc))
+            else:
+                errors = answer.get("errors") if isinstance(answer, dict) else None
+                if not errors or last or not any(_BUSY.search(str(e)) for e in errors):
+                    return answer
+                delay = busy_delay(" ".join(str(e) for e in errors))
+            self.busy_answers += 1
+            self.sleep(delay if delay is not None else fallback)
+            fallback = min(fallback * 2.0, 8.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def think(self) -> None:
         if self.think_s > 0:
             self.sleep(self.think_s * float(self.rng.uniform(0.5, 1.5)))
+
+
+_BUSY = re.compile(r"\b503\b|Service Unavailable|backend busy", re.IGNORECASE)
+_RETRY_AFTER = re.compile(r"retry[- ]after[:= ]+(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def busy_delay(message: str) -> float | None:
+    """The ``Retry-After`` seconds a busy answer carries in its text (capped at 30), if any."""
+    match = _RETRY_AFTER.search(message)
+    return min(30.0, float(match.group(1))) if match else None
 
 
 def make_volunteers(

@@ -1,0 +1,449 @@
+"""Where the CPU goes: one warm box end to end, ``/next`` and a submit, per process tree.
+
+Starts Label Studio (embedded; ``--ls-server dev`` = ``label-studio start``, ``gunicorn`` =
+its production WSGI server) and the backend (``medcrowd backend serve``), imports
+``--images`` CT slices from ``sammed2d_demo`` with the backend connected first (its webhook
+precomputes every embedding), warms up, then runs three phases one request at a time:
+
+* ``box``: ``POST /api/ml/{id}/interactive-annotating`` — what the browser sends when a
+  volunteer draws a box: Label Studio serialises the task, calls the backend's ``/predict``,
+  the backend decodes the box on the cached embedding and answers a brush RLE, Label Studio
+  passes it back;
+* ``next``: ``GET /api/projects/{id}/next`` — the queue;
+* ``submit``: ``POST /api/annotations`` with a brush mask.
+
+For each phase: wall-clock p50 (contended on a shared machine: a rough figure) and the CPU
+each process tree used per request, from ``/proc`` (user + system time of every process in
+the tree, so helper threads and gunicorn workers count), which contention distorts far
+less. With ``--py-spy`` both trees are sampled (py-spy, CPU samples only) in each phase and
+written as collapsed stacks, flame-graph SVGs and CPU shares per stage. The decoder's own
+compute is measured in this process on the same image (``--decoder``), and the size of the
+task JSON Label Studio sends with an interactive call through a recording proxy.
+
+    python benchmarks/profile_box.py --py-spy --out-dir docs/profile
+    python benchmarks/profile_box.py --ls-server gunicorn --backend-threads 1
+
+Every figure is printed next to the load average; on a busy machine say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from load_volunteers import (  # noqa: E402
+    BenchBackend,
+    _proc_rss_ticks,
+    credentials,
+    make_tasks,
+)
+from profile_flame import read_stacks, stage_shares, write_svg  # noqa: E402
+
+from medcrowd.embedded import LabelStudioProcess, free_port  # noqa: E402
+from medcrowd.settings import config_path  # noqa: E402
+from medcrowd.studio import Studio  # noqa: E402
+from medcrowd.volunteer_sim import brush_result, rectangle  # noqa: E402
+
+_HZ = os.sysconf("SC_CLK_TCK")
+
+BACKEND_STAGES = [
+    ("decoder (ONNX / torch)", r"_run_decoder|OnnxRunner\.__call__|mask_decoder|prompt_encoder"),
+    ("mask post-processing", r"predict_box|postprocess|_decode \("),
+    ("brush RLE encode", r"brush_result|mask2rle|rle"),
+    ("image hash + embedding cache", r"image_hash|set_image|cache\.py"),
+    ("image fetch + decode", r"images\.py"),
+    ("label config parse", r"parse_label_config|labeling\.py"),
+    ("request JSON parse", r"_parse_json|json/decoder|loads \("),
+    ("answer JSON encode", r"render|dumps \(|json/encoder"),
+    ("HTTP server (uvicorn/h11/starlette)", r"uvicorn|h11|starlette|fastapi|anyio"),
+    ("thread pool / idle spin", r"threading\.py|concurrent/futures"),
+]
+LS_STAGES = [
+    ("waiting on the backend (requests I/O)", r"make_predictions|api_connector|requests/"),
+    (
+        "task serialisation for the backend",
+        r"InteractiveAnnotatingDataSerializer|interactive_annotating",
+    ),
+    ("queue (/next) query", r"next_task|get_next_task|_try_|get_not_solved_tasks_qs"),
+    ("SQL (Django ORM + sqlite/pg)", r"django/db/|sqlite3|psycopg"),
+    ("DRF serializers", r"rest_framework/serializers|rest_framework/fields|serializers\.py"),
+    ("JSON render/parse", r"json/|renderers\.py|parsers\.py"),
+    ("auth + middleware", r"middleware|authentication|permissions"),
+    ("HTTP server (runserver / gunicorn)", r"wsgiref|socketserver|gunicorn|django/core/servers"),
+    ("Django request handling", r"django/"),
+]
+
+
+def tree_pids(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def tree_cpu_s(root: int, exclude: set[int] | frozenset[int] = frozenset()) -> float:
+    """User + system CPU seconds of every live process in the tree (py-spy excluded)."""
+    total = 0.0
+    for pid in tree_pids(root):
+        if pid in exclude:
+            continue
+        got = _proc_rss_ticks(pid)
+        if got is not None:
+            total += got[1] / _HZ
+    return total
+
+
+class Spy:
+    """py-spy record on one process tree until stopped (SIGINT makes it write)."""
+
+    def __init__(self, pid: int, out: Path, rate: int) -> None:
+        exe = shutil.which("py-spy")
+        if exe is None:
+            raise SystemExit("error: --py-spy needs py-spy (pip install py-spy)")
+        self.out = out
+        self.proc = subprocess.Popen(
+            [exe, "record", "--pid", str(pid), "--subprocesses", "--rate", str(rate),
+             "--format", "raw", "--output", str(out), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            err = b""
+        if not self.out.exists():
+            print(f"py-spy wrote nothing: {err.decode(errors='replace')[-400:]}", file=sys.stderr)
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Forwards to the backend and records the size of each request body."""
+
+    target = ""
+    sizes: list[tuple[str, int]] = []  # noqa: RUF012 - set per run
+
+    def do_GET(self) -> None:
+        self._forward(b"")
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.sizes.append((self.path, len(body)))
+        self._forward(body)
+
+    def _forward(self, body: bytes) -> None:
+        headers = {
+            k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+        }
+        resp = httpx.request(
+            self.command,
+            self.target + self.path,
+            content=body or None,
+            headers=headers,
+            timeout=120,
+        )
+        self.send_response(resp.status_code)
+        for k, v in resp.headers.items():
+            if k.lower() not in (
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "content-encoding",
+            ):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(resp.content)))
+        self.end_headers()
+        self.wfile.write(resp.content)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def measure(
+    name: str, calls: list[Any], roots: dict[str, int], spies: dict[str, Spy] | None
+) -> dict[str, Any]:
+    """Run the calls one after another; wall ms each and CPU ms per call per tree."""
+    exclude = {s.proc.pid for s in (spies or {}).values()}
+    before = {k: tree_cpu_s(pid, exclude) for k, pid in roots.items()}
+    walls = []
+    for call in calls:
+        start = time.perf_counter()
+        call()
+        walls.append((time.perf_counter() - start) * 1000)
+    after = {k: tree_cpu_s(pid, exclude) for k, pid in roots.items()}
+    n = len(calls)
+    return {
+        "phase": name,
+        "requests": n,
+        "wall_ms_p50": round(float(np.percentile(walls, 50)), 1),
+        "wall_ms_p95": round(float(np.percentile(walls, 95)), 1),
+        "cpu_ms_per_request": {k: round((after[k] - before[k]) * 1000 / n, 1) for k in roots},
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def decoder_compute(
+    image: np.ndarray, box: list[float], threads: int, cache_dir: Path, n: int
+) -> dict[str, float]:
+    """CPU ms of LiteMedSAM's per-box work in this process, on a cached embedding."""
+    try:
+        from ml_backend.device import configure_threads
+
+        configure_threads(threads)
+    except ImportError:  # an older tree without --threads
+        pass
+    from ml_backend.cache import EmbeddingCache
+    from ml_backend.predictors import get_predictor
+
+    predictor: Any = get_predictor(
+        "litemedsam", device="cpu", cache=EmbeddingCache(), cache_dir=cache_dir
+    )
+    predictor.set_image(image)
+    for _ in range(3):
+        predictor.predict_box(box)
+    t0 = time.process_time()
+    for _ in range(n):
+        predictor.predict_box(box)
+    whole = (time.process_time() - t0) * 1000 / n
+    entry = predictor._current
+    emb = getattr(entry, "embedding", None)
+    decoder_only = None
+    if emb is not None and hasattr(predictor, "_run_decoder"):
+        box_np = np.array([[[40.0, 60.0, 150.0, 170.0]]], np.float32)
+        t0 = time.process_time()
+        for _ in range(n):
+            predictor._run_decoder(emb, box_np, predictor.decoder_backend)
+        decoder_only = (time.process_time() - t0) * 1000 / n
+    return {
+        "predict_box_cpu_ms": round(whole, 1),
+        "decoder_only_cpu_ms": round(decoder_only, 1) if decoder_only is not None else None,
+        "decoder_backend": str(getattr(predictor, "decoder_backend", "?")),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--ls-server", default="dev", choices=["dev", "gunicorn"])
+    ap.add_argument("--ls-workers", type=int, default=2)
+    ap.add_argument("--ls-threads", type=int, default=8)
+    ap.add_argument("--no-wal", action="store_true", help="leave SQLite in its rollback journal")
+    ap.add_argument("--backend-threads", type=int, default=None, help="--threads of the backend")
+    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--requests", type=int, default=30, help="requests per phase")
+    ap.add_argument("--submits", type=int, default=8)
+    ap.add_argument("--py-spy", action="store_true", help="sample both trees with py-spy")
+    ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    ap.add_argument("--decoder", action="store_true", help="time the decoder in this process")
+    ap.add_argument("--ls-data-dir", default=None, help="reuse a Label Studio data directory")
+    ap.add_argument("--model-cache", default=None, help="folder for the exported ONNX models")
+    ap.add_argument("--out-dir", default="profile-out")
+    ap.add_argument("--tag", default="", help="suffix of the output file names")
+    args = ap.parse_args()
+    data = Path(os.environ.get("MEDCROWD_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if not (data / "sammed2d_demo").is_dir():
+        raise SystemExit(f"error: sammed2d_demo not found under {data}; set MEDCROWD_SHARED_DATA")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"-{args.tag}" if args.tag else ""
+    work = Path(tempfile.mkdtemp(prefix="medcrowd-profile-"))
+    ls_dir = Path(args.ls_data_dir) if args.ls_data_dir else work / "label-studio"
+    creds = credentials(ls_dir)
+    ls_kwargs: dict[str, Any] = {}
+    if args.ls_server != "dev" or args.no_wal:  # keeps the script runnable on older trees
+        ls_kwargs = {"server": args.ls_server, "workers": args.ls_workers,
+                     "threads": args.ls_threads, "sqlite_wal": not args.no_wal}  # fmt: skip
+    ls = LabelStudioProcess(data_dir=ls_dir, email=creds["email"], password=creds["password"],
+                            token=creds["token"], port=free_port(), **ls_kwargs)  # fmt: skip
+    backend: BenchBackend | None = None
+    proxy: http.server.ThreadingHTTPServer | None = None
+    t0 = time.monotonic()
+
+    def step(message: str) -> None:
+        print(f"[{time.monotonic() - t0:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    try:
+        step(f"starting Label Studio ({args.ls_server})")
+        ls.start()
+        cache_dir = work / "backend-cache"
+        cache_dir.mkdir()
+        if args.model_cache:
+            shared = Path(args.model_cache).expanduser().resolve() / "onnx"
+            shared.mkdir(parents=True, exist_ok=True)
+            (cache_dir / "onnx").symlink_to(shared, target_is_directory=True)
+        extra = [] if args.backend_threads is None else ["--threads", str(args.backend_threads)]
+        backend = BenchBackend(port=free_port(), label_studio_url=ls.url, token=ls.token,
+                               basic_auth=("labelstudio", secrets.token_urlsafe(16)),
+                               log_path=work / "backend.log", cache_dir=cache_dir,
+                               extra_args=extra)  # fmt: skip
+        step("starting the backend")
+        backend.start(timeout_s=600)
+        admin = Studio(ls.url, ls.token, timeout_s=120)
+        pid = admin.ensure_project(f"profile {uuid.uuid4().hex[:8]}",
+                                   config_path("labeling_box_brush.xml").read_text(),
+                                   maximum_annotations=50)  # fmt: skip
+        ml_id = admin.connect_backend(pid, backend.url, backend.basic_auth)
+        files = make_tasks(data, args.images, work / "truth")
+        admin.import_images(pid, files)
+        tasks = admin.tasks(pid)
+        step(f"imported {len(tasks)} images; waiting for the webhook's embeddings")
+        deadline = time.monotonic() + 60 + 30 * len(tasks)
+        emb = cache_dir / "embeddings"
+        while time.monotonic() < deadline and len(list(emb.glob("*.npz"))) < len(tasks):
+            time.sleep(1)
+        masks = {p.stem: np.asarray(__import__("PIL.Image").Image.open(p)) > 0
+                 for p in (work / "truth").glob("*.png")}  # fmt: skip
+
+        def box_call(task: Any) -> Any:
+            stem = Path(str(task.data.get("image", ""))).stem
+            stem = next((s for s in masks if stem.endswith(s) or s in stem), next(iter(masks)))
+            ys, xs = np.nonzero(masks[stem])
+            h, w = masks[stem].shape
+            box = [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+            context = {"result": [rectangle(box, w, h, "Organ")]}
+
+            def call() -> Any:
+                answer = admin.interactive_predict(ml_id, task.id, context)
+                if not (answer.get("data") or {}).get("result"):
+                    raise SystemExit(f"error: no mask in the answer: {str(answer)[:300]}")
+                return answer
+
+            return call, box, stem
+
+        calls = [box_call(t) for t in tasks]
+        step("warm-up: one box per image, a few /next")
+        for call, _, _ in calls:
+            call()
+        for _ in range(3):
+            admin.next_task(pid)
+        roots = {"label_studio": ls.proc.pid, "backend": backend.proc.pid}  # type: ignore[union-attr]
+        phases = []
+        k = args.requests
+        box_calls = [calls[i % len(calls)][0] for i in range(k)]
+        first = tasks[0]
+        stem0 = calls[0][2]
+
+        def submit(i: int) -> Any:
+            task, stem = tasks[i % len(tasks)], calls[i % len(calls)][2]
+            return lambda: admin.create_annotation(
+                task.id, [brush_result(masks[stem], "Organ")], lead_time=30.0
+            )
+
+        submit_calls = [submit(i) for i in range(args.submits)]
+        plan = [
+            ("box", box_calls),
+            ("next", [lambda: admin.next_task(pid)] * k),
+            ("submit", submit_calls),
+            ("box_after_submits", box_calls),
+        ]
+        for name, batch in plan:
+            spies = None
+            if args.py_spy:
+                spies = {
+                    t: Spy(p, out / f"stacks-{name}-{t}{tag}.txt", args.rate)
+                    for t, p in roots.items()
+                }
+                time.sleep(1.0)  # py-spy attaches
+            step(f"phase {name}: {len(batch)} requests")
+            phases.append(measure(name, batch, roots, spies))
+            if spies:
+                for spy in spies.values():
+                    spy.stop()
+            print(json.dumps(phases[-1]), file=sys.stderr)
+        # the task JSON Label Studio sends with an interactive call, through a recording proxy
+        _Recorder.target = backend.url
+        _Recorder.sizes = []
+        proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        probe_id = admin.connect_backend(pid, f"http://127.0.0.1:{proxy.server_port}",
+                                         backend.basic_auth, title="payload probe")  # fmt: skip
+        context = {"result": [rectangle(calls[0][1], *masks[stem0].shape[::-1], "Organ")]}
+        answer = admin.interactive_predict(probe_id, first.id, context)
+        task_json = admin.request("GET", f"/api/tasks/{first.id}").content
+        predict_sizes = [n for p, n in _Recorder.sizes if p.rstrip("/").endswith("predict")]
+        payload = {
+            "predict_body_bytes": predict_sizes[-1] if predict_sizes else None,
+            "answer_bytes": len(json.dumps(answer)),
+            "task_api_json_bytes": len(task_json),
+            "annotations_on_task": len(json.loads(task_json).get("annotations") or []),
+            "calls_seen": [p for p, _ in _Recorder.sizes],
+        }
+        result: dict[str, Any] = {
+            "benchmark": "profile_box",
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "cpus": os.cpu_count(),
+            "phases": phases,
+            "payload": payload,
+        }
+        if args.decoder:
+            step("decoder compute in this process")
+            from PIL import Image
+
+            img = np.asarray(Image.open(__import__("io").BytesIO(dict(files)[f"{stem0}.png"])))
+            threads = args.backend_threads if args.backend_threads is not None else 0
+            result["decoder"] = decoder_compute(img, calls[0][1], threads, cache_dir, k)
+        if args.py_spy:
+            stages: dict[str, Any] = {}
+            for ph in phases:
+                for tree in roots:
+                    stacks_file = out / f"stacks-{ph['phase']}-{tree}{tag}.txt"
+                    if not stacks_file.exists():
+                        continue
+                    stacks = read_stacks(stacks_file)
+                    rules = BACKEND_STAGES if tree == "backend" else LS_STAGES
+                    shares = stage_shares(stacks, rules)
+                    cpu = ph["cpu_ms_per_request"][tree]
+                    stages[f"{ph['phase']}/{tree}"] = {
+                        s: round(v * cpu, 1) for s, v in shares.items()
+                    }
+                    write_svg(stacks, out / f"flame-{ph['phase']}-{tree}{tag}.svg",
+                              f"{tree}, {ph['phase']} ({ph['requests']} requests, "
+                              f"{cpu} CPU-ms each)")  # fmt: skip
+            result["cpu_ms_per_request_by_stage"] = stages
+        result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        path = out / f"profile{tag}.json"
+        path.write_text(json.dumps(result, indent=2))
+        print(json.dumps({k: v for k, v in result.items() if k != "phases"}, indent=2))
+        for ph in phases:
+            print(json.dumps(ph))
+        print(f"JSON: {path}")
+    finally:
+        if proxy is not None:
+            proxy.shutdown()
+        if backend is not None:
+            backend.stop()
+        ls.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
