@@ -6,6 +6,11 @@ Public API::
     predictor = get_predictor("litemedsam", device="auto")
     predictor.set_image(image)            # (H, W) / (H, W, 3) array, computes the embedding
     mask, score = predictor.predict_box([x0, y0, x1, y1])   # XYXY pixels, original image
+    answer = predictor.predict(box=[x0, y0, x1, y1], points=[[x, y]], labels=[0],
+                               mask_input=answer.logits)    # clicks + the previous logits
+
+    from ml_backend import propagate
+    volume = propagate(predictor, slices, index, box_xyxy)  # (D, H, W) bool from one box
 
     from ml_backend import BackendConfig, create_app, resolve_device
     app = create_app(BackendConfig(port=9090))              # ASGI app, model loaded once
@@ -30,7 +35,8 @@ from ml_backend.errors import InvalidInput, ModelUnavailable, UpstreamError
 from ml_backend.rle import mask_to_rle, rle_to_mask
 
 if TYPE_CHECKING:
-    from ml_backend.predictors import PREDICTORS, BoxPredictor, get_predictor
+    from ml_backend.predictors import PREDICTORS, BoxPredictor, Prediction, get_predictor
+    from ml_backend.propagation import Propagator, propagate
     from ml_backend.server import create_app
 
 __all__ = [
@@ -39,15 +45,19 @@ __all__ = [
     "BoxPredictor",
     "InvalidInput",
     "ModelUnavailable",
+    "Prediction",
+    "Propagator",
     "UpstreamError",
     "create_app",
     "get_predictor",
     "mask_to_rle",
+    "propagate",
     "resolve_device",
     "rle_to_mask",
 ]
 
-_PREDICTOR_NAMES = {"PREDICTORS", "BoxPredictor", "get_predictor"}
+_PREDICTOR_NAMES = {"PREDICTORS", "BoxPredictor", "Prediction", "get_predictor"}
+_PROPAGATE_NAMES = {"Propagator", "propagate"}
 
 
 def __getattr__(name: str) -> Any:
@@ -55,6 +65,10 @@ def __getattr__(name: str) -> Any:
         from ml_backend import predictors
 
         return getattr(predictors, name)
+    if name in _PROPAGATE_NAMES:
+        from ml_backend import propagation as module
+
+        return getattr(module, name)
     if name == "create_app":
         from ml_backend.server import create_app
 

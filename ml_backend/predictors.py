@@ -34,6 +34,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -43,7 +44,7 @@ from torch import nn
 
 from ml_backend.cache import CachedEmbedding, EmbeddingCache
 from ml_backend.device import resolve_device
-from ml_backend.errors import ModelUnavailable
+from ml_backend.errors import InvalidInput, ModelUnavailable
 from ml_backend.onnx_export import OnnxRunner, export_verified, file_sha256
 from ml_backend.preprocessing import (
     DEFAULT_MAX_SIDE,
@@ -60,12 +61,15 @@ from ml_backend.preprocessing import (
 )
 
 __all__ = [
+    "LOGITS_SIZE",
     "PREDICTORS",
     "BoxPredictor",
     "LiteMedSAMPredictor",
+    "Prediction",
     "PredictorFactory",
     "SamFamilyPredictor",
     "get_predictor",
+    "validate_points",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,6 +77,93 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "onnx", "torch")
 LITE_INPUT_SIZE = 256
 SAM_INPUT_SIZE = 1024
+LOGITS_SIZE = 256
+"""Side of the low-resolution logits every SAM-family mask decoder answers with (and takes
+back as ``mask_input``)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One answer of :meth:`BoxPredictor.predict`.
+
+    Attributes:
+        mask: ``(H, W) bool`` in the original image.
+        score: the model's predicted IoU, clipped to [0, 1].
+        logits: ``(256, 256) float32`` low-resolution mask logits over the square model input
+            (padding included); give them back as ``mask_input`` to refine this mask.
+    """
+
+    mask: np.ndarray
+    score: float
+    logits: np.ndarray
+
+
+def validate_points(
+    points: object, labels: object, image_hw: tuple[int, int], tolerance: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check click prompts and clip them to the image.
+
+    Args:
+        points: ``(N, 2)`` XY pixel coordinates in the original image (N ≥ 1).
+        labels: ``N`` numbers, 1 = positive (inside the object), 0 = negative.
+        image_hw: ``(H, W)`` of the original image.
+        tolerance: how far (pixels) a point may lie outside the image and still be clipped.
+
+    Returns:
+        ``((N, 2) float64 points, (N,) int64 labels)``.
+
+    Raises:
+        InvalidInput: wrong shapes, non-finite values, labels other than 0/1, points off the
+            image.
+    """
+    try:
+        coords = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"points must be (N, 2) numbers (x, y), got {points!r}") from exc
+    if coords.ndim == 1 and coords.size == 2:
+        coords = coords.reshape(1, 2)
+    if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] < 1:
+        raise InvalidInput(f"points must be (N, 2) numbers (x, y), got shape {coords.shape}")
+    if not np.isfinite(coords).all():
+        raise InvalidInput("points have non-finite coordinates")
+    if labels is None:
+        raise InvalidInput("points need labels (1 = positive, 0 = negative), one per point")
+    try:
+        marks = np.asarray(labels, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"labels must be numbers 0 or 1, got {labels!r}") from exc
+    if marks.shape[0] != coords.shape[0]:
+        raise InvalidInput(f"{coords.shape[0]} points but {marks.shape[0]} labels")
+    if not np.isin(marks, (0.0, 1.0)).all():
+        raise InvalidInput(f"labels must be 1 (positive) or 0 (negative), got {marks.tolist()}")
+    height, width = image_hw
+    outside = (
+        (coords[:, 0] < -tolerance)
+        | (coords[:, 1] < -tolerance)
+        | (coords[:, 0] > width + tolerance)
+        | (coords[:, 1] > height + tolerance)
+    )
+    if outside.any():
+        bad = coords[np.flatnonzero(outside)[0]].tolist()
+        raise InvalidInput(f"point {bad} lies outside the {width}×{height} (W×H) image")
+    clipped = np.clip(coords, 0.0, [width - 1e-3, height - 1e-3])
+    return clipped, marks.astype(np.int64)
+
+
+def _validate_mask_input(mask_input: object) -> np.ndarray:
+    """A previous :attr:`Prediction.logits` → ``(1, 1, 256, 256) float32``."""
+    try:
+        logits = np.asarray(mask_input, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput("mask_input must be a previous Prediction.logits array") from exc
+    if logits.size != LOGITS_SIZE * LOGITS_SIZE:
+        raise InvalidInput(
+            f"mask_input must be {LOGITS_SIZE}×{LOGITS_SIZE} logits (a previous "
+            f"Prediction.logits), got shape {logits.shape}"
+        )
+    if not np.isfinite(logits).all():
+        raise InvalidInput("mask_input has non-finite values")
+    return np.ascontiguousarray(logits.reshape(1, 1, LOGITS_SIZE, LOGITS_SIZE))
 
 
 @runtime_checkable
@@ -118,6 +209,29 @@ class BoxPredictor(Protocol):
         Raises:
             RuntimeError: no image set.
             InvalidInput: see :func:`ml_backend.preprocessing.validate_box`.
+        """
+        ...
+
+    def predict(
+        self,
+        box: Sequence[float] | None = None,
+        points: Any = None,
+        labels: Any = None,
+        mask_input: np.ndarray | None = None,
+    ) -> Prediction:
+        """Segment with any mix of prompts on the current image.
+
+        Args:
+            box: ``(x0, y0, x1, y1)`` XYXY pixel edges in the original image, or None.
+            points: ``(N, 2)`` XY pixels in the original image (clicks), or None.
+            labels: ``N`` labels for ``points``: 1 positive, 0 negative.
+            mask_input: a previous :attr:`Prediction.logits` to refine, or None.
+
+        With a box only (no points, no mask) the answer is exactly :meth:`predict_box`'s.
+
+        Raises:
+            RuntimeError: no image set.
+            InvalidInput: neither a box nor a point; a bad box, point, label or mask_input.
         """
         ...
 
@@ -184,12 +298,35 @@ class _PromptDecoder(nn.Module):
         )
         return low_res, iou
 
+    def prompts(
+        self,
+        embedding: torch.Tensor,
+        box: torch.Tensor | None,
+        coords: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Any mix of box ``(1, 1, 4)``, points ``(1, N, 2)`` + labels ``(1, N)`` and
+        ``mask_input (1, 1, 256, 256)``, all in model-input pixels; PyTorch only."""
+        points = (coords, labels) if coords is not None and labels is not None else None
+        sparse, dense = self.prompt_encoder(points=points, boxes=box, masks=mask_input)
+        low_res, iou = self.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return low_res, iou
+
 
 class _CachedPredictor:
     """The :class:`BoxPredictor` protocol over an embedding cache; subclasses add the model.
 
     Subclasses implement ``_encode(image) -> CachedEmbedding`` (validated image, the slow
-    part) and ``_decode(entry, box) -> (mask, score)`` (clipped box, the fast part).
+    part), ``_decode(entry, box) -> (mask, score)`` (clipped box, the fast part) and
+    ``_decode_prompts(entry, box, points, labels, mask_input) -> (logits, score)`` plus
+    ``_logits_mask(entry, logits) -> mask`` for :meth:`predict`.
     """
 
     def __init__(
@@ -242,10 +379,48 @@ class _CachedPredictor:
         box = validate_box(box_xyxy, entry.original_hw)
         return self._decode(entry, box)
 
+    def predict(
+        self,
+        box: Sequence[float] | None = None,
+        points: Any = None,
+        labels: Any = None,
+        mask_input: np.ndarray | None = None,
+    ) -> Prediction:
+        entry = self._current
+        if entry is None:
+            raise RuntimeError("no image set: call set_image(image) before predict(...)")
+        clipped = validate_box(box, entry.original_hw) if box is not None else None
+        coords = marks = None
+        if points is not None:
+            coords, marks = validate_points(points, labels, entry.original_hw)
+        elif labels is not None:
+            raise InvalidInput("labels given without points")
+        if clipped is None and coords is None:
+            raise InvalidInput("give a box or at least one point")
+        previous = _validate_mask_input(mask_input) if mask_input is not None else None
+        logits, score = self._decode_prompts(entry, clipped, coords, marks, previous)
+        logits = np.ascontiguousarray(
+            np.asarray(logits, dtype=np.float32).reshape(LOGITS_SIZE, LOGITS_SIZE)
+        )
+        return Prediction(self._logits_mask(entry, logits), score, logits)
+
     def _encode(self, image: np.ndarray) -> CachedEmbedding:
         raise NotImplementedError
 
     def _decode(self, entry: CachedEmbedding, box: np.ndarray) -> tuple[np.ndarray, float]:
+        raise NotImplementedError
+
+    def _decode_prompts(
+        self,
+        entry: CachedEmbedding,
+        box: np.ndarray | None,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        mask_input: np.ndarray | None,
+    ) -> tuple[np.ndarray, float]:
+        raise NotImplementedError
+
+    def _logits_mask(self, entry: CachedEmbedding, logits: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -257,6 +432,39 @@ def _score(iou: torch.Tensor | np.ndarray) -> float:
     if isinstance(iou, torch.Tensor):
         iou = iou.detach().float().cpu().numpy()
     return float(np.clip(np.asarray(iou, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
+
+
+def _to_numpy(value: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def _run_prompts(
+    decoder: _PromptDecoder,
+    device: str,
+    embedding: np.ndarray,
+    box: np.ndarray | None,
+    points: np.ndarray | None,
+    labels: np.ndarray | None,
+    mask_input: np.ndarray | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PyTorch prompt encoder + mask decoder on model-input coordinates."""
+
+    def tensor(array: np.ndarray | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+        if array is None:
+            return None
+        return torch.as_tensor(np.asarray(array, dtype=np.float32).reshape(shape), device=device)
+
+    with torch.inference_mode():
+        n = 0 if points is None else int(points.shape[0])
+        return decoder.prompts(
+            torch.from_numpy(np.ascontiguousarray(embedding)).to(device),
+            tensor(box, (1, 1, 4)),
+            tensor(points, (1, n, 2)),
+            tensor(labels, (1, n)),
+            tensor(mask_input, (1, 1, LOGITS_SIZE, LOGITS_SIZE)),
+        )
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -382,6 +590,36 @@ class LiteMedSAMPredictor(_CachedPredictor):
             entry.embedding, geometry.scale_box(box), self.decoder_backend
         )
         return logits_to_mask(low_res, geometry), _score(iou)
+
+    def _decode_prompts(
+        self,
+        entry: CachedEmbedding,
+        box: np.ndarray | None,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        mask_input: np.ndarray | None,
+    ) -> tuple[np.ndarray, float]:
+        geometry = Geometry.longest_side(entry.original_hw, LITE_INPUT_SIZE)
+        if box is not None and points is None and mask_input is None:
+            # the box-only path of predict_box (ONNX or PyTorch, whichever is faster)
+            low_res, iou = self._run_decoder(
+                entry.embedding, geometry.scale_box(box), self.decoder_backend
+            )
+        else:
+            scale = geometry.box_scale_xy[0]
+            low_res, iou = _run_prompts(
+                self.prompt_decoder,
+                self.device,
+                entry.embedding,
+                geometry.scale_box(box) if box is not None else None,
+                (points * scale).astype(np.float32) if points is not None else None,
+                labels,
+                mask_input,
+            )
+        return _to_numpy(low_res), _score(iou)
+
+    def _logits_mask(self, entry: CachedEmbedding, logits: np.ndarray) -> np.ndarray:
+        return logits_to_mask(logits, Geometry.longest_side(entry.original_hw, LITE_INPUT_SIZE))
 
 
 def _litemedsam_checkpoint(checkpoint: Path | None) -> tuple[Path, str]:
@@ -584,6 +822,41 @@ class SamFamilyPredictor(_CachedPredictor):
                 masks = self.sam.postprocess_masks(low_res, entry.resized_hw, entry.original_hw)
                 mask = (masks[0, 0] > self.sam.mask_threshold).cpu().numpy()
         return mask, _score(iou)
+
+    def _decode_prompts(
+        self,
+        entry: CachedEmbedding,
+        box: np.ndarray | None,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        mask_input: np.ndarray | None,
+    ) -> tuple[np.ndarray, float]:
+        geometry = Geometry.stretch(entry.original_hw, self.image_size)
+        box_input = coords = None
+        if self.preprocessing == "medsam":
+            if box is not None:
+                box_input = geometry.scale_box(box)
+            if points is not None:
+                coords = points * np.asarray(geometry.box_scale_xy)
+        else:  # SamPredictor's transforms: SAM's native points
+            if box is not None:
+                box_input = self.transform.apply_boxes(box[None], entry.original_hw)
+            if points is not None:
+                coords = self.transform.apply_coords(points, entry.original_hw)
+        low_res, iou = _run_prompts(
+            self.prompt_decoder, self.device, entry.embedding, box_input, coords, labels, mask_input
+        )
+        return _to_numpy(low_res), _score(iou)
+
+    def _logits_mask(self, entry: CachedEmbedding, logits: np.ndarray) -> np.ndarray:
+        if self.preprocessing == "medsam":
+            return logits_to_mask(logits, Geometry.stretch(entry.original_hw, self.image_size))
+        with torch.inference_mode():
+            low_res = torch.as_tensor(logits, device=self.device).reshape(
+                1, 1, LOGITS_SIZE, LOGITS_SIZE
+            )
+            masks = self.sam.postprocess_masks(low_res, entry.resized_hw, entry.original_hw)
+            return (masks[0, 0] > self.sam.mask_threshold).cpu().numpy()
 
 
 def _sam_family_factory(registry_key: str, preprocessing: str, label: str) -> PredictorFactory:
