@@ -57,7 +57,7 @@ from load_volunteers import (  # noqa: E402
     credentials,
     make_tasks,
 )
-from profile_flame import read_stacks, stage_shares, write_svg  # noqa: E402
+from profile_flame import IDLE, read_stacks, stage_shares, write_svg  # noqa: E402
 
 from medcrowd.embedded import LabelStudioProcess, free_port  # noqa: E402
 from medcrowd.settings import config_path  # noqa: E402
@@ -66,31 +66,34 @@ from medcrowd.volunteer_sim import brush_result, rectangle  # noqa: E402
 
 _HZ = os.sysconf("SC_CLK_TCK")
 
+_WAIT = (
+    r"leaf:EpollSelector\.select|_PollLikeSelector\.select|SocketIO\.readinto|"
+    r"_worker \(concurrent/futures/thread\.py:8[01]\)|Condition\.wait|\.recv"
+)
 BACKEND_STAGES = [
-    ("decoder (ONNX / torch)", r"_run_decoder|OnnxRunner\.__call__|mask_decoder|prompt_encoder"),
-    ("mask post-processing", r"predict_box|postprocess|_decode \("),
-    ("brush RLE encode", r"brush_result|mask2rle|rle"),
-    ("image hash + embedding cache", r"image_hash|set_image|cache\.py"),
-    ("image fetch + decode", r"images\.py"),
-    ("label config parse", r"parse_label_config|labeling\.py"),
-    ("request JSON parse", r"_parse_json|json/decoder|loads \("),
-    ("answer JSON encode", r"render|dumps \(|json/encoder"),
-    ("HTTP server (uvicorn/h11/starlette)", r"uvicorn|h11|starlette|fastapi|anyio"),
-    ("thread pool / idle spin", r"threading\.py|concurrent/futures"),
+    (IDLE, _WAIT),
+    ("decoder (ONNX Runtime / torch)", r"any:_run_decoder|OnnxRunner\.__call__"),
+    ("brush RLE encode", r"any:brush_result|mask_to_rle"),
+    ("image hash + embedding cache", r"any:image_hash|_entry_for|cache\.py"),
+    ("image fetch + decode", r"any:ml_backend/images\.py"),
+    ("mask post-processing (upscale, threshold)", r"any:predict_box"),
+    ("label config parse", r"any:parse_label_config"),
+    ("request JSON parse", r"any:_parse_json"),
+    ("HTTP server (uvicorn, h11, starlette)", r"uvicorn|h11|starlette|fastapi|anyio|asyncio"),
 ]
 LS_STAGES = [
-    ("waiting on the backend (requests I/O)", r"make_predictions|api_connector|requests/"),
-    (
-        "task serialisation for the backend",
-        r"InteractiveAnnotatingDataSerializer|interactive_annotating",
-    ),
-    ("queue (/next) query", r"next_task|get_next_task|_try_|get_not_solved_tasks_qs"),
-    ("SQL (Django ORM + sqlite/pg)", r"django/db/|sqlite3|psycopg"),
-    ("DRF serializers", r"rest_framework/serializers|rest_framework/fields|serializers\.py"),
-    ("JSON render/parse", r"json/|renderers\.py|parsers\.py"),
-    ("auth + middleware", r"middleware|authentication|permissions"),
-    ("HTTP server (runserver / gunicorn)", r"wsgiref|socketserver|gunicorn|django/core/servers"),
-    ("Django request handling", r"django/"),
+    (IDLE, _WAIT),
+    ("Sentry SDK (URL resolver, tracing)", r"any:RavenResolver|sentry_sdk/(tracing|scope|client)"),
+    ("/next: backend /predict per task (prelabel)", r"any:evaluate_predictions"),
+    ("box: call to the backend (requests)", r"any:make_predictions"),
+    ("box: task serialisation for the backend", r"any:InteractiveAnnotatingDataSerializer"),
+    ("webhooks (serialise + send)", r"any:emit_webhooks"),
+    ("SQL (Django ORM, sqlite3)", r"django/db/|sqlite3"),
+    ("DRF serializers", r"rest_framework/serializers|rest_framework/fields|rest_flex_fields"),
+    ("JSON", r"json/"),
+    ("middleware + auth", r"middleware|authentication|permissions"),
+    ("HTTP server (runserver / gunicorn)", r"wsgiref|socketserver|gunicorn|basehttp"),
+    ("Django / DRF request handling", r"django/|rest_framework/"),
 ]
 
 
@@ -359,13 +362,22 @@ def main() -> None:
             )
 
         submit_calls = [submit(i) for i in range(args.submits)]
+
+        def prelabel_off() -> None:
+            # "Use predictions to pre-label tasks": on, every /next makes Label Studio call
+            # the backend's /predict for the task (which answers [] without a draft model)
+            admin.request("PATCH", f"/api/projects/{pid}/", json={"show_collab_predictions": False})
+
         plan = [
             ("box", box_calls),
             ("next", [lambda: admin.next_task(pid)] * k),
+            ("next_without_prelabel", [lambda: admin.next_task(pid)] * k),
             ("submit", submit_calls),
             ("box_after_submits", box_calls),
         ]
         for name, batch in plan:
+            if name == "next_without_prelabel":
+                prelabel_off()
             spies = None
             if args.py_spy:
                 spies = {
@@ -420,11 +432,11 @@ def main() -> None:
                         continue
                     stacks = read_stacks(stacks_file)
                     rules = BACKEND_STAGES if tree == "backend" else LS_STAGES
-                    shares = stage_shares(stacks, rules)
+                    shares, idle = stage_shares(stacks, rules)
                     cpu = ph["cpu_ms_per_request"][tree]
                     stages[f"{ph['phase']}/{tree}"] = {
                         s: round(v * cpu, 1) for s, v in shares.items()
-                    }
+                    } | {"(idle-wait samples set apart, %)": round(100 * idle, 1)}
                     write_svg(stacks, out / f"flame-{ph['phase']}-{tree}{tag}.svg",
                               f"{tree}, {ph['phase']} ({ph['requests']} requests, "
                               f"{cpu} CPU-ms each)")  # fmt: skip

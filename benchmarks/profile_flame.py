@@ -31,25 +31,54 @@ def read_stacks(path: Path) -> list[tuple[list[str], int]]:
     return out
 
 
+IDLE = "idle wait (not CPU)"
+"""The stage of samples whose leaf frame is a blocking wait (epoll/poll, a socket read,
+a queue get): py-spy sometimes counts such a thread as active, so they are set apart."""
+
+
 def classify(frames: Sequence[str], rules: Sequence[tuple[str, str]]) -> str:
-    """The first stage whose pattern (a regex) matches any frame, leaf first; else ``other``."""
+    """The stage of one stack. A rule's pattern (a regex) may start with
+
+    * ``leaf:`` — matched against the leaf frame only, before anything else (blocking waits);
+    * ``any:`` — matched against every frame, in rule order (a call that owns its subtree,
+      such as "serialise the task for the backend");
+
+    the remaining rules are tried frame by frame from the leaf up, so the innermost frame
+    that matches decides (a SQL query inside a serializer is SQL). No match: ``other``.
+    """
+    compiled = []
     for stage, pattern in rules:
-        regex = re.compile(pattern)
-        if any(regex.search(frame) for frame in reversed(frames)):
+        kind, _, rest = pattern.partition(":")
+        if kind in ("leaf", "any"):
+            compiled.append((stage, kind, re.compile(rest)))
+        else:
+            compiled.append((stage, "", re.compile(pattern)))
+    for stage, kind, regex in compiled:
+        if kind == "leaf" and frames and regex.search(frames[-1]):
             return stage
+    for stage, kind, regex in compiled:
+        if kind == "any" and any(regex.search(frame) for frame in frames):
+            return stage
+    for frame in reversed(frames):
+        for stage, kind, regex in compiled:
+            if not kind and regex.search(frame):
+                return stage
     return "other"
 
 
 def stage_shares(
     stacks: Iterable[tuple[list[str], int]], rules: Sequence[tuple[str, str]]
-) -> dict[str, float]:
-    """Fraction of the CPU samples in each stage (rules tried in order), largest first."""
+) -> tuple[dict[str, float], float]:
+    """(fraction of the busy CPU samples in each stage, largest first; the fraction of all
+    samples that were idle waits, see :data:`IDLE`)."""
     totals: dict[str, int] = {}
     for frames, count in stacks:
         stage = classify(frames, rules)
         totals[stage] = totals.get(stage, 0) + count
+    idle = totals.pop(IDLE, 0)
     n = sum(totals.values()) or 1
-    return {k: v / n for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    shares = {k: v / n for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    return shares, idle / ((n + idle) or 1)
 
 
 def write_svg(

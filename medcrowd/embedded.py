@@ -321,6 +321,13 @@ class LabelStudioProcess(_ChildService):
                 "COLLECT_ANALYTICS": "false",
             }
         )
+        # Label Studio sends errors and 2 % of request traces to HumanSignal's Sentry unless
+        # told otherwise (core/settings/label_studio.py), and Sentry's Django integration
+        # wraps every request: a third of Label Studio's CPU on an interactive box call went
+        # to its URL resolver (docs/performance.md). Off, unless the operator set a DSN.
+        for name in ("SENTRY_DSN", "FRONTEND_SENTRY_DSN"):
+            if not any(prefix + name in env for prefix in ("LABEL_STUDIO_", "HEARTEX_", "")):
+                env[name] = ""
         if self.database is None:
             db = {"DJANGO_DB": "sqlite"}
         else:

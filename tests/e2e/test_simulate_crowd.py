@@ -66,3 +66,65 @@ def test_virtual_volunteers_label_through_the_backend(
             if email.startswith("sim2"):  # the spammer: no box, a mask unrelated to the organ
                 assert kinds == ["brushlabels"]
                 assert dice(mask, gt_mask) < 0.5
+
+
+def test_volunteers_wait_out_a_busy_backend(
+    label_studio: StudioHandle, litemedsam: object, shared_data: Path
+) -> None:
+    """A backend that takes one prediction at a time and lets none wait answers the second
+    of two simultaneous boxes 503; Label Studio hands that to the volunteer as an error, the
+    volunteer waits and asks again, and both get their mask."""
+    import secrets
+    import threading
+    import time
+
+    from medcrowd.embedded import free_port
+    from medcrowd.volunteer_sim import Volunteer, rectangle
+    from ml_backend.config import BackendConfig
+    from ml_backend.server import create_app
+    from tests.helpers import ThreadedServer
+
+    admin = Studio(label_studio.url, label_studio.token)
+    pid = admin.ensure_project(f"busy {uuid.uuid4().hex[:8]}",
+                               config_path("labeling_box_brush.xml").read_text())  # fmt: skip
+    demo = shared_data / "sammed2d_demo" / "images"
+    stems = ["amos_0004_75", "amos_0006_90", "s0619_32"]  # cold: one encoder pass each
+    admin.import_images(pid, [(f"{s}.png", (demo / f"{s}.png").read_bytes()) for s in stems])
+    tasks = sorted(admin.tasks(pid), key=lambda t: t.id)
+    port, auth = free_port(), ("labelstudio", secrets.token_urlsafe(16))
+    config = BackendConfig(port=port, basic_auth=auth, label_studio_url=label_studio.url,
+                           label_studio_token=label_studio.token, max_inflight=1, max_queue=0,
+                           warm_on_import=False)  # fmt: skip
+    litemedsam.cache.clear()  # type: ignore[attr-defined]
+    with ThreadedServer(create_app(config, predictor=litemedsam), port):
+        ml_id = admin.connect_backend(pid, f"http://127.0.0.1:{port}", auth)
+        slept: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            time.sleep(seconds)
+
+        crowd = [
+            Volunteer(Studio(label_studio.url, label_studio.token), "good",
+                      np.random.default_rng(i), pid, ml_id, {}, sleep=sleep, busy_retries=6)
+            for i in range(len(tasks))
+        ]  # fmt: skip
+        sizes = {s: Image.open(demo / f"{s}.png").size for s in stems}
+        contexts = [
+            {"result": [rectangle([20.0, 20.0, 200.0, 200.0], *sizes[s], "Organ")]} for s in stems
+        ]
+        answers: list[object] = [None] * len(tasks)
+
+        def ask(i: int) -> None:
+            answers[i] = crowd[i].ask_backend(tasks[i].id, contexts[i])
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(tasks))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+    busy = sum(v.busy_answers for v in crowd)
+    assert busy >= 1, "three simultaneous cold boxes on a one-slot backend: some must be busy"
+    assert len(slept) == busy and all(s >= 1.0 for s in slept)
+    for answer in answers:
+        assert isinstance(answer, dict) and (answer.get("data") or {}).get("result"), answer

@@ -344,3 +344,48 @@ def test_a_worker_that_cannot_load_its_model_stops_the_backend(tmp_path: Path) -
     assert "Worker failed to boot" in output
     assert "the backend workers stopped with exit status 3" in output
     assert "Traceback" not in output.split("needs its weights")[-1]  # no crash in the master
+
+
+# ------------------------------------------------------------ Label Studio under gunicorn
+def test_label_studio_under_gunicorn_with_sqlite_wal(tmp_path: Path, shared_data: Path) -> None:
+    """``LabelStudioProcess(server="gunicorn")``: ``label-studio init`` then gunicorn workers
+    on Label Studio's WSGI app; the admin token works, SQLite is in WAL mode, the queue serves
+    a task, an annotation is stored, and stopping ends every process of the group."""
+    import sqlite3
+
+    from medcrowd.embedded import LabelStudioProcess
+
+    ls = LabelStudioProcess(
+        data_dir=tmp_path / "ls",
+        email="admin@example.com",
+        password=secrets.token_urlsafe(12),
+        token=secrets.token_hex(20),
+        port=free_port(),
+        server="gunicorn",
+        workers=2,
+        threads=4,
+    )
+    ls.start(timeout_s=600)
+    try:
+        assert ls.proc is not None
+        children = Path(f"/proc/{ls.proc.pid}/task/{ls.proc.pid}/children").read_text().split()
+        assert len(children) == 2  # the gunicorn master's two workers
+        assert ls.sqlite_path is not None
+        with sqlite3.connect(ls.sqlite_path) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        admin = Studio(ls.url, ls.token)
+        assert admin.whoami()["email"] == "admin@example.com"
+        pid = admin.ensure_project(f"gunicorn {uuid.uuid4().hex[:6]}", XML)
+        image = shared_data / "sammed2d_demo" / "images" / "amos_0004_75.png"
+        admin.import_images(pid, [(image.name, image.read_bytes())])
+        task = admin.next_task(pid)
+        assert task is not None
+        ann = admin.create_annotation(int(task["id"]), [], was_cancelled=True)
+        assert ann > 0
+        served = httpx.get(f"{ls.url}/static/images/favicon.ico", timeout=30)
+        assert served.status_code == 200  # static files through Label Studio's own routes
+        group = ls.proc.pid
+    finally:
+        ls.stop()
+    assert not any(_state(int(c)) not in ("Z", "X", None) for c in children)
+    assert _state(group) in ("Z", "X", None)
