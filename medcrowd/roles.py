@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from medcrowd.studio import Studio
 
 __all__ = [
+    "VOLUNTEER_INSTRUCTIONS",
     "Account",
     "PluginMissing",
     "add_account",
@@ -26,6 +27,24 @@ __all__ = [
 ]
 
 Role = Literal["staff", "volunteer"]
+
+#: The instructions a volunteer sees before their first task (``medcrowd up`` sets them on the
+#: project it creates; Label Studio shows them in a dialog when the labelling stream opens,
+#: and again from its "Instructions" button).
+VOLUNTEER_INSTRUCTIONS = """\
+<p><b>What to draw.</b> Pick the label under the image that names the structure
+(<b>Organ</b>: a whole organ such as the liver; <b>Lesion</b>: a tumour, cyst or other
+abnormal spot; <b>Vessel</b>: an artery or vein). Drag a box tightly around the structure
+with the mouse.</p>
+<p><b>What happens.</b> MedSAM answers within a few seconds with a coloured mask of what it
+thinks is inside the box.</p>
+<p><b>How to correct.</b> The brush (<kbd>B</kbd>, the label row below the first) adds
+pixels the mask missed; the eraser (<kbd>E</kbd>) removes pixels it got wrong;
+<kbd>[</kbd> / <kbd>]</kbd> change the brush size; <kbd>Ctrl+Z</kbd> undoes. Then
+<b>Submit</b> (<kbd>Ctrl+Enter</kbd>). Skip an image you cannot judge.</p>
+<p>Some images have an expert's answer: after you submit one, your page (<i>My
+contributions</i>, <code>/medcrowd/me</code>) shows how close you were.</p>
+"""
 ROLES_PATH = "/medcrowd/api/roles/"
 INVITE_PATH = "/medcrowd/api/invite/"
 

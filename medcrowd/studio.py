@@ -553,6 +553,12 @@ class Studio:
         with self._sdk(f"setting the overlap of project {project_id}"):
             self.client.projects.update(project_id, maximum_annotations=overlap)
 
+    def set_instructions(self, project_id: int, html: str) -> None:
+        """Show ``html`` to every labeller before their first task (Label Studio's
+        ``expert_instruction`` with ``show_instruction``)."""
+        with self._sdk(f"the instructions of project {project_id}"):
+            self.client.projects.update(project_id, expert_instruction=html, show_instruction=True)
+
     def set_label_config(self, project_id: int, label_config: str) -> None:
         """Replace the project's labeling config (XML)."""
         with self._sdk(f"the labeling config of project {project_id}"):

@@ -14,13 +14,16 @@ from urllib.parse import unquote
 from medcrowd.lsplugin.models import ServedTask
 
 __all__ = [
+    "ML_BACKEND_KEYS",
     "PROJECT_KEYS",
     "TASK_KEYS",
     "annotation_body_problem",
     "filter_json",
     "identities",
     "object_allowed",
+    "project_from_query",
     "record_served",
+    "stand_in",
 ]
 
 #: The keys of a task a volunteer reads; the rest (annotators, counts, who updated it, meta,
@@ -47,8 +50,15 @@ PROJECT_KEYS = frozenset(
         "reveal_preannotations_interactively",
         "config_has_control_tags",
         "skip_queue",
+        # the labelling stream's position display (the volunteer's own queue)
+        "queue_total",
+        "queue_done",
+        "queue_left",
     }
 )
+#: The keys of an ML backend a volunteer reads: enough for the labelling page to ask it for
+#: an interactive prediction (no URL, no credentials, no state).
+ML_BACKEND_KEYS = frozenset({"id", "is_interactive", "title"})
 
 #: The keys of ``whoami`` a volunteer reads (their own account; not the permission list).
 _WHOAMI_KEYS = frozenset(
@@ -193,12 +203,23 @@ def object_allowed(check: str, user: Any, request: Any, kwargs: dict[str, Any]) 
 
         same_project = Task.objects.filter(pk=task, project_id=ml.project_id).exists()
         return bool(same_project and _task_ok(user, task))
+    if check == "project_query":
+        project = project_from_query(request)
+        return project is not None and _project_ok(user, project)
     if check == "upload":
         return _referenced_by_own_task(user, "/data/upload/" + str(kwargs["filename"]))
     if check == "local_file":
         path = request.GET.get("d", "")
         return bool(path) and _referenced_by_own_task(user, "?d=" + path)
     raise ValueError(f"unknown object check {check!r}")
+
+
+def project_from_query(request: Any) -> int | None:
+    """The ``?project=`` of a Data Manager call, or None when absent or not a number."""
+    try:
+        return int(request.GET.get("project", ""))
+    except ValueError:
+        return None
 
 
 def _user_id(value: Any) -> Any:
@@ -296,6 +317,15 @@ def filter_json(kind: str, payload: Any, user: Any) -> Any:
         return [a for a in own if not a.get("ground_truth")] if isinstance(own, list) else own
     if kind == "own_drafts":
         return _listing(payload, user, "user")
+    if kind == "ml_backends":
+        items = payload.get("results") if isinstance(payload, dict) else payload
+        if not isinstance(items, list):
+            return []
+        return [
+            {k: v for k, v in m.items() if k in ML_BACKEND_KEYS}
+            for m in items
+            if isinstance(m, dict)
+        ]
     if kind == "whoami":
         if isinstance(payload, dict):
             out = {k: v for k, v in payload.items() if k in _WHOAMI_KEYS}
@@ -305,3 +335,46 @@ def filter_json(kind: str, payload: Any, user: Any) -> Any:
             return out
         return payload
     return payload
+
+
+# -- stand-in answers ----------------------------------------------------------------------
+#: The one Data Manager view (tab) a volunteer's labelling stream gets: no filters, no
+#: ordering, nothing saved. Its id is the project's id (the stand-in never reaches the views
+#: table; the stream only echoes the id back in later calls, which get stand-ins too).
+_VIEW_DATA = {
+    "title": "Labelling",
+    "type": "list",
+    "target": "tasks",
+    "hiddenColumns": {"explore": [], "labeling": []},
+    "columnsWidth": {},
+    "columnsDisplayType": {},
+    "gridWidth": 4,
+    "filters": {"conjunction": "and", "items": []},
+}
+
+
+def _me(user: Any) -> dict[str, Any]:
+    return {
+        "id": user.pk,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "username": user.username,
+        "email": user.email,
+        "avatar": None,
+        "initials": (user.email or "?")[:2],
+    }
+
+
+def stand_in(kind: str, request: Any, user: Any) -> tuple[Any, int]:
+    """The (JSON payload, status) the middleware answers for a stand-in ``kind``."""
+    project = project_from_query(request)
+    if kind == "one_view":
+        view = {"id": project, "data": _VIEW_DATA, "order": 0, "user": user.pk, "project": project}
+        return ([view], 200) if request.method == "GET" else (view, 201)
+    if kind == "only_me":
+        return [_me(user)], 200
+    if kind == "no_tasks":
+        return {"total_annotations": 0, "total_predictions": 0, "total": 0, "tasks": []}, 200
+    if kind == "no_label_links":
+        return {"count": 0, "next": None, "previous": None, "results": []}, 200
+    raise ValueError(f"unknown stand-in {kind!r}")

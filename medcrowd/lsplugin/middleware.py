@@ -13,7 +13,15 @@ request is treated as the volunteer's):
 2. the route's object check must pass (their project, a task the queue served them, their own
    annotation or draft, that task's image) — otherwise 403;
 3. annotation writes may not make gold, name another author, or move to another task;
-4. after the view, the JSON answer is filtered (no other people's annotations, drafts or the
+4. the Data Manager's lists (views, users, tasks, label links) are answered with stand-ins
+   that hold nothing of anybody else's, and its "next task" action is sent (303) to the
+   Community queue ``/api/projects/{id}/next/``, so the stock labelling stream works;
+5. the labelling page gets a small script that turns on the smart box (Auto-Annotation, the
+   smart rectangle tool, auto-accepted suggestions) for a browser that has never chosen
+   otherwise, so the box asks the backend the first time; a new volunteer's first tasks may
+   be gold (``MEDCROWD_ONBOARDING_GOLD``), and an annotation on a gold task is frozen once
+   submitted (its author has seen the expert's mask on their page);
+6. after the view, the JSON answer is filtered (no other people's annotations, drafts or the
    stored predictions; no e-mails) and a task handed out by ``/next`` is recorded as served.
 
 For everybody (volunteer, staff or not logged in): login and signup POSTs are rate-limited
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +43,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpResponse, HttpResponseRedirect, JsonResponse
 
-from medcrowd.lsplugin import access, invites, policy
+from medcrowd.lsplugin import access, feedback, invites, policy
 from medcrowd.lsplugin.roles import is_staff
 
 __all__ = ["RoleMiddleware", "refuse"]
@@ -80,6 +89,38 @@ def _rate_limited(scope: str, request: Any) -> bool:
         hits.append(now)
         cache.set(key, hits, _RATE_WINDOW_S)
     return False
+
+
+FROZEN_DETAIL = "this is a gold task you have had feedback on; your annotation cannot change"
+
+_IMAGE_NAME = re.compile(r"<Image\b[^>]*?\bname=[\"']([^\"']+)[\"']", re.IGNORECASE)
+
+#: Set once per browser (``medcrowd:defaults``), so a volunteer who turns something off later
+#: keeps their choice; the smart rectangle is the selected tool on every page load.
+_DEFAULTS_JS = (
+    "(function(){{try{{var s=window.localStorage;"
+    "if(s.getItem('medcrowd:defaults')===null){{s.setItem('autoAnnotation','true');"
+    "s.setItem('autoAcceptSuggestions','true');s.setItem('medcrowd:defaults','1');}}"
+    "{names}.forEach(function(n){{s.setItem('selected-tool:'+n,'RectangleTool-dynamic');}});"
+    "}}catch(e){{}}}})();"
+)
+
+
+def _with_labelling_defaults(request: Any, response: HttpResponse) -> HttpResponse:
+    """The labelling page with the defaults script at the top of its ``<head>``."""
+    from projects.models import Project
+
+    if response.status_code != 200 or "html" not in response.get("Content-Type", ""):
+        return response
+    pk = int(request.resolver_match.kwargs["pk"])
+    config = Project.objects.filter(pk=pk).values_list("label_config", flat=True).first() or ""
+    names = json.dumps(sorted(set(_IMAGE_NAME.findall(config)))).replace("<", "\\u003c")
+    nonce = getattr(request, "csp_nonce", "")
+    script = f'<script nonce="{nonce}">{_DEFAULTS_JS.format(names=names)}</script>'
+    html = response.content.decode(response.charset or "utf-8")
+    html = html.replace("<head>", "<head>" + script, 1)
+    response.content = html.encode(response.charset or "utf-8")
+    return response
 
 
 class RoleMiddleware:
@@ -133,6 +174,29 @@ class RoleMiddleware:
             problem = access.annotation_body_problem(request, user, view_kwargs)
             if problem is not None:
                 return refuse(request, problem, user)
+        if rule.frozen_gold and request.method in ("PATCH", "PUT"):
+            if feedback.is_frozen(int(view_kwargs["pk"])):
+                return refuse(request, FROZEN_DETAIL, user)
+        if rule.onboarding and int(settings.MEDCROWD_ONBOARDING_GOLD) > 0:
+            task = feedback.onboarding_task(
+                user, int(view_kwargs["pk"]), int(settings.MEDCROWD_ONBOARDING_GOLD)
+            )
+            if task is not None:
+                payload = {"id": task.id, "data": task.data, "project": task.project_id,
+                           "annotations": [], "drafts": [], "predictions": [],
+                           "inner_id": task.inner_id}  # fmt: skip
+                access.record_served(user, payload)
+                return JsonResponse(access.filter_json("task", payload, user))
+        if rule.answer == "next_task":
+            if request.GET.get("id") != "next_task":
+                return refuse(request, policy.REFUSED_DETAIL, user)
+            project = access.project_from_query(request)
+            see_other = HttpResponse(status=303)  # fetch follows a 303 with a GET
+            see_other["Location"] = f"/api/projects/{project}/next/"
+            return see_other
+        if rule.answer != "none":
+            payload, status = access.stand_in(rule.answer, request, user)
+            return JsonResponse(payload, status=status, safe=False)
         request._medcrowd_volunteer = (user, rule)
         return None
 
@@ -151,6 +215,8 @@ class RoleMiddleware:
     def _after_volunteer(
         request: Any, response: HttpResponse, user: Any, rule: policy.Rule
     ) -> HttpResponse:
+        if rule.page_defaults:
+            return _with_labelling_defaults(request, response)
         if rule.filter == "none" and not rule.served:
             return response
         if response.status_code != 200 or getattr(response, "streaming", False):

@@ -34,6 +34,7 @@ __all__ = [
     "REFUSED_DETAIL",
     "REFUSED_EXACT",
     "REFUSED_PREFIXES",
+    "Answer",
     "Decision",
     "Rule",
     "decide",
@@ -60,8 +61,14 @@ Check = Literal[
     "ml_backend",  # ML backend pk of an organisation project; body "task" served
     "upload",  # /data/upload/<filename> referenced by a served task
     "local_file",  # /data/local-files/?d=<path> referenced by a served task
+    "project_query",  # the ?project= query parameter names an organisation project
 ]
-Filter = Literal["none", "task", "project", "own_annotations", "own_drafts", "whoami"]
+Filter = Literal[
+    "none", "task", "project", "own_annotations", "own_drafts", "whoami", "ml_backends"
+]
+#: Answers the middleware gives itself, without calling Label Studio's view (the Data
+#: Manager's labelling stream asks for lists a volunteer must not read; it gets a stand-in).
+Answer = Literal["none", "one_view", "only_me", "no_tasks", "no_label_links", "next_task"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,12 @@ class Rule:
         served: record the task in the response as served to the volunteer (``/next``).
         rate_limited: POSTs count against the per-IP login/signup limit.
         invite: the signup link's ``token`` must be a live (unexpired) invitation.
+        answer: a stand-in answer given instead of Label Studio's view (see ``Answer``).
+        page_defaults: an HTML page that gets the labelling defaults script (the smart box
+            and auto-accepted suggestions on, before the first task).
+        onboarding: the queue; a new volunteer's first tasks may be gold (onboarding).
+        frozen_gold: writes are refused on an annotation of a gold task (its author has seen
+            the gold feedback).
     """
 
     methods: frozenset[str]
@@ -86,6 +99,10 @@ class Rule:
     served: bool = False
     rate_limited: bool = False
     invite: bool = False
+    answer: Answer = "none"
+    page_defaults: bool = False
+    onboarding: bool = False
+    frozen_gold: bool = False
 
 
 def _rule(methods: str, **kwargs: object) -> Rule:
@@ -108,17 +125,35 @@ ALLOWED: dict[str, Rule] = {
     "^api/token/refresh/": _rule("POST"),
     "^api/token/blacklist/": _rule("POST"),
     "medcrowd/me": _rule("GET"),
+    # the overlay of one of their submitted gold annotations (the view checks whose it is)
+    "medcrowd/me/overlay/<int:annotation_id>.png": _rule("GET"),
     # -- the labelling page and what it reads ------------------------------------------------
     "^projects/<int:pk>/": _rule("GET", check="project"),
-    "^projects/<int:pk>/data/": _rule("GET", check="project"),
+    "^projects/<int:pk>/data/": _rule("GET", check="project", page_defaults=True),
     "^api/projects/<int:pk>/": _rule("GET", check="project", filter="project"),
-    "^api/projects/<int:pk>/next/": _rule("GET", check="project", filter="task", served=True),
+    "^api/projects/<int:pk>/next/": _rule(
+        "GET", check="project", filter="task", served=True, onboarding=True
+    ),
     "^api/tasks/<int:pk>/": _rule("GET", check="task", filter="task"),
+    # -- the stock labelling stream (/projects/{id}/data/?labeling=1) -----------------------
+    # What the Data Manager's "Label All Tasks" stream calls before it shows a task. Lists of
+    # other people's things are answered by stand-ins; the next task comes from the queue.
+    "^api/ml/": _rule("GET", check="project_query", filter="ml_backends"),
+    "^api/dm/columns/": _rule("GET", check="project_query"),
+    "^api/dm/project/": _rule("GET", check="project_query", filter="project"),
+    "^api/dm/views/$": _rule("GET POST", check="project_query", answer="one_view"),
+    "^api/users/$": _rule("GET", check="project_query", answer="only_me"),
+    "^api/tasks/": _rule("GET", check="project_query", answer="no_tasks"),
+    "^api/label_links/$": _rule("GET", check="project_query", answer="no_label_links"),
+    "^api/projects/<int:pk>/label-stream-history/": _rule("GET", check="project"),
+    "^api/dm/actions/": _rule("POST", check="project_query", answer="next_task"),
     # -- own annotations, skips (cancelled annotations) and drafts ---------------------------
     "^api/tasks/<int:pk>/annotations/": _rule(
         "GET POST", check="task", filter="own_annotations", body="annotation"
     ),
-    "^api/annotations/<int:pk>/": _rule("GET PATCH PUT", check="own_annotation", body="annotation"),
+    "^api/annotations/<int:pk>/": _rule(
+        "GET PATCH PUT", check="own_annotation", body="annotation", frozen_gold=True
+    ),
     "^api/tasks/<int:pk>/drafts": _rule("GET POST", check="task", filter="own_drafts"),
     "^api/tasks/<int:pk>/annotations/<int:annotation_id>/drafts": _rule(
         "GET POST", check="task_and_own_annotation", filter="own_drafts"

@@ -13,6 +13,8 @@ Like Label Studio's settings, the plugin's knobs come from the environment:
   (default 7 days); an expired one is replaced when staff ask for the link again.
 * ``MEDCROWD_AUTH_RATE_PER_MINUTE``: login or signup POSTs per client IP per minute (default
   20); the next one is answered 429.
+* ``MEDCROWD_ONBOARDING_GOLD``: a new volunteer's first N tasks of a project are gold tasks
+  (with feedback on their page), when the project has gold (default 0: off).
 """
 
 from __future__ import annotations
@@ -53,3 +55,4 @@ ROOT_URLCONF = "medcrowd.lsplugin.urls"
 
 MEDCROWD_INVITE_TTL_S = float(os.environ.get("MEDCROWD_INVITE_TTL_S", 7 * 24 * 3600))
 MEDCROWD_AUTH_RATE_PER_MINUTE = int(os.environ.get("MEDCROWD_AUTH_RATE_PER_MINUTE", 20))
+MEDCROWD_ONBOARDING_GOLD = int(os.environ.get("MEDCROWD_ONBOARDING_GOLD", 0))

@@ -1,7 +1,11 @@
 """The plugin's pages and staff API.
 
-* ``GET /medcrowd/me`` — the signed-in person's page: their annotation and skip counts and a
-  "label" link per project of their organisation (the labelling stream).
+* ``GET /medcrowd/me`` — the signed-in person's page: their task and skip counts, their gold
+  feedback (Dice against the expert mask per submitted gold task, with an overlay), their
+  agreement with the crowd and reliability (:mod:`.feedback`), the shortcuts, and a "label"
+  link per project of their organisation (the labelling stream).
+* ``GET /medcrowd/me/overlay/<annotation id>.png`` — the overlay of one of their own
+  submitted gold annotations (404 for anything else).
 * ``GET /medcrowd/api/roles/`` — staff only: ``{"users": [{"id", "email", "role"}]}``.
 * ``POST /medcrowd/api/roles/`` ``{"email": …, "role": "staff" | "volunteer"}`` — staff only,
   with an API token: set an account's role; answers the account as in the listing.
@@ -23,34 +27,76 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
-from medcrowd.lsplugin import access, invites
+from medcrowd.lsplugin import access, feedback, invites
 from medcrowd.lsplugin.roles import is_staff, role_of, set_role
 
-__all__ = ["invite_api", "me", "roles_api"]
+__all__ = ["SHORTCUTS", "invite_api", "me", "overlay", "roles_api"]
+
+#: The labelling page's keyboard shortcuts a volunteer needs (Label Studio's defaults).
+SHORTCUTS = [
+    ("1 / 2 / 3", "pick the box label (Organ, Lesion, Vessel), then drag a box"),
+    ("4 / 5 / 6", "pick the brush label, then paint to add to the mask"),
+    ("B", "brush"),
+    ("E", "eraser: remove wrong pixels"),
+    ("[ / ]", "smaller / bigger brush"),
+    ("Ctrl+Z", "undo"),
+    ("Ctrl+Enter", "submit"),
+    ("Ctrl+Space", "skip the image"),
+]
 
 
 def me(request: Any) -> HttpResponse:
     """The signed-in person's own page."""
     from projects.models import Project
-    from tasks.models import Annotation
 
     people = access.identities(request)
     if not people:
         return HttpResponseRedirect(f"{reverse('user-login')}?next=/medcrowd/me")
     user = people[-1]
-    mine = Annotation.objects.filter(completed_by_id=user.pk)
     projects = Project.objects.filter(organization_id=user.active_organization_id).order_by("id")
+    work = feedback.summary(user)
     context = {
         "email": user.email,
         "role": role_of(user),
-        "annotations": mine.filter(was_cancelled=False, ground_truth=False).count(),
-        "skipped": mine.filter(was_cancelled=True).count(),
+        "annotations": work.tasks,
+        "skipped": work.skipped,
+        "work": work,
+        "gold": [
+            {
+                "task": g.task_id,
+                "dice": f"{g.dice:.3f}",
+                "overlay": f"/medcrowd/me/overlay/{g.annotation_id}.png",
+            }
+            for g in work.gold
+        ],
+        "mean_gold_dice": _fmt(work.mean_gold_dice),
+        "sensitivity": _fmt(work.sensitivity),
+        "specificity": _fmt(work.specificity),
+        "crowd_agreement": _fmt(work.crowd_agreement),
+        "shortcuts": SHORTCUTS,
         "projects": [
             {"id": p.id, "title": p.title, "url": f"/projects/{p.id}/data/?labeling=1"}
             for p in projects
         ],
     }
     return render(request, "medcrowd_lsplugin/me.html", context)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def overlay(request: Any, annotation_id: int) -> HttpResponse:
+    """The overlay PNG of the signed-in person's own submitted gold annotation."""
+    people = access.identities(request)
+    if not people:
+        return JsonResponse({"detail": "authentication required"}, status=401)
+    png = feedback.overlay_png(people[-1], int(annotation_id))
+    if png is None:
+        return JsonResponse({"detail": "no feedback for this annotation"}, status=404)
+    response = HttpResponse(png, content_type="image/png")
+    response["Cache-Control"] = "private, no-store"
+    return response
 
 
 def _staff_or_refusal(request: Any, write: bool) -> tuple[Any, JsonResponse | None]:

@@ -373,12 +373,22 @@ def test_the_reported_holes_are_closed(plugged: Plugged, world: World) -> None:
             ("PATCH", f"/api/projects/{world.project}/", {"title": "renamed"}),
             ("DELETE", f"/api/tasks/{world.other_task}/", None),
             ("GET", f"/api/projects/{world.project}/export", None),
-            ("GET", "/api/users/", None),
-            ("GET", "/api/ml/", None),
+            ("GET", "/api/users/1/", None),
+            ("GET", "/api/ml/1", None),
         ]:
             resp = client.request(method, path, json=body, headers=headers)
             assert resp.status_code == 403, (method, path, resp.text[:200])
             assert _detail(resp) == policy.REFUSED_DETAIL
+        # the lists the labelling page reads: refused without a project of theirs ...
+        for path in ("/api/users/", "/api/ml/"):
+            resp = client.get(path, headers=headers)
+            assert resp.status_code == 403 and _detail(resp) == policy.NOT_YOURS_DETAIL
+        # ... and with one, nobody else's e-mail and none of the ML backend's settings
+        users = client.get("/api/users/", params={"project": world.project}, headers=headers)
+        assert [u["email"] for u in users.json()] == [a.email]
+        _no_one_else(users.text, plugged, world)
+        ml = client.get("/api/ml/", params={"project": world.project}, headers=headers)
+        assert ml.status_code == 200 and ml.json() == []  # no backend in this module
         # without the trailing slash Label Studio re-dispatches internally: still refused
         patched = client.request(
             "PATCH", f"/api/projects/{world.project}", json={"title": "x"}, headers=headers
@@ -440,9 +450,19 @@ def test_own_annotations_create_update_list(plugged: Plugged, world: World) -> N
     drafts = a.session.get(f"/api/tasks/{world.task_a}/drafts")
     assert drafts.status_code == 200
     assert [d["id"] for d in drafts.json()] == [world.draft_a]
-    upd = a.session.patch(f"/api/annotations/{world.ann_a}/", json={"result": BOX}, headers=h)
-    assert upd.status_code == 200, upd.text[:200]
     assert a.session.get(f"/api/annotations/{world.ann_a}/").status_code == 200
+    # task_a is a gold task: once A has submitted there (and may see the feedback), A's
+    # annotation is frozen
+    frozen = a.session.patch(f"/api/annotations/{world.ann_a}/", json={"result": BOX}, headers=h)
+    assert frozen.status_code == 403, frozen.text[:200]
+    # on a task without gold, A's own annotation can be updated
+    task = a.session.get(f"/api/projects/{world.project}/next").json()["id"]
+    assert task != world.task_a
+    made = a.session.post(f"/api/tasks/{task}/annotations/", json={"result": BOX}, headers=h)
+    assert made.status_code == 201, made.text[:200]
+    upd = a.session.patch(f"/api/annotations/{made.json()['id']}/", json={"result": BOX}, headers=h)
+    assert upd.status_code == 200, upd.text[:200]
+    plugged.admin.request("DELETE", f"/api/annotations/{made.json()['id']}/")
 
 
 @pytest.mark.parametrize("target", ["b", "gold"])
@@ -508,6 +528,47 @@ def test_interactive_prediction_needs_a_backend_of_the_project(world: World) -> 
         headers=a.csrf_headers(str(a.session.base_url).rstrip("/")),
     )
     assert resp.status_code == 403 and _detail(resp) == policy.NOT_YOURS_DETAIL
+
+
+def test_labelling_stream_stand_ins(plugged: Plugged, world: World) -> None:
+    """What the stock labelling stream (/projects/{id}/data/?labeling=1) calls works for A
+    and shows nothing of anybody else's."""
+    a, h = world.a, world.a.csrf_headers(plugged.url)
+    q = {"project": world.project}
+    views = a.session.get("/api/dm/views/", params=q)
+    assert views.status_code == 200 and [v["data"]["filters"]["items"] for v in views.json()] == [
+        []
+    ]
+    made = a.session.post("/api/dm/views/", params=q, json={"data": {}}, headers=h)
+    assert made.status_code == 201
+    staff_views = plugged.admin.request("GET", "/api/dm/views/", params=q).json()
+    assert all(v["user"] != a.id for v in staff_views)  # nothing was saved
+    tasks = a.session.get("/api/tasks/", params={**q, "page": 1, "page_size": 30})
+    assert tasks.json()["tasks"] == [] and tasks.json()["total"] == 0
+    links = a.session.get("/api/label_links/", params=q)
+    assert links.json()["results"] == []
+    dm_project = a.session.get("/api/dm/project/", params=q)
+    assert dm_project.status_code == 200 and "created_by" not in dm_project.json()
+    _no_one_else(dm_project.text, plugged, world)
+    columns = a.session.get("/api/dm/columns/", params=q)
+    assert columns.status_code == 200
+    history = a.session.get(f"/api/projects/{world.project}/label-stream-history/")
+    assert history.status_code == 200
+    # the stream's "next task" action is the Community queue, and only that action
+    nxt = a.session.post(
+        "/api/dm/actions/", params={**q, "id": "next_task"}, json={}, headers=h,
+        follow_redirects=False,
+    )  # fmt: skip
+    assert nxt.status_code == 303
+    assert nxt.headers["location"] == f"/api/projects/{world.project}/next/"
+    delete = a.session.post(
+        "/api/dm/actions/", params={**q, "id": "delete_tasks"}, json={}, headers=h
+    )
+    assert delete.status_code == 403
+    other = a.session.get("/api/dm/views/", params={"project": world.project + 999})
+    assert other.status_code == 403
+    page = a.session.get(f"/projects/{world.project}/data/", params={"labeling": 1})
+    assert "localStorage" in page.text and "RectangleTool-dynamic" in page.text
 
 
 def test_skip_is_a_cancelled_annotation(plugged: Plugged, world: World) -> None:

@@ -16,8 +16,14 @@ from medcrowd.lsplugin import policy
         ("^api/tasks/<int:pk>/", "DELETE", "refused"),  # delete a task
         ("^api/tasks/<int:pk>/", "HEAD", "allowed"),  # HEAD is GET
         ("^api/projects/<int:pk>/export", "GET", "refused"),  # export gold
-        ("^api/users/$", "GET", "refused"),  # every e-mail
-        ("^api/ml/", "GET", "refused"),  # ML settings
+        ("^api/users/$", "GET", "allowed"),  # answered with a stand-in: only themselves
+        ("^api/ml/", "GET", "allowed"),  # the labelling page's backend id (filtered)
+        ("^api/ml/", "POST", "refused"),  # add an ML backend
+        ("^api/ml/<int:pk>", "GET", "refused"),  # ML settings
+        ("^api/users/$", "POST", "refused"),
+        ("^api/dm/actions/", "GET", "refused"),  # the Data Manager's action list
+        ("^api/dm/views/(?P<pk>[^/.]+)/$", "PATCH", "refused"),
+        ("^api/tasks/", "POST", "refused"),  # create tasks
         ("^api/ml/<int:pk>/interactive-annotating", "POST", "allowed"),
         ("^api/tasks/<int:pk>/annotations/", "POST", "allowed"),
         ("^api/annotations/<int:pk>/", "DELETE", "refused"),
@@ -59,3 +65,26 @@ def test_refusal_families_do_not_swallow_allowed_routes_silently() -> None:
     for route in policy.ALLOWED:
         if route.startswith("^api/"):
             assert policy.refusal_reason(route) is not None, route
+
+
+def test_data_manager_lists_get_stand_ins() -> None:
+    """The labelling stream's lists never reach Label Studio's views for a volunteer."""
+    stand_ins = {
+        "^api/dm/views/$": "one_view",
+        "^api/users/$": "only_me",
+        "^api/tasks/": "no_tasks",
+        "^api/label_links/$": "no_label_links",
+        "^api/dm/actions/": "next_task",
+    }
+    for route, answer in stand_ins.items():
+        rule = policy.ALLOWED[route]
+        assert rule.answer == answer, route
+        assert rule.check == "project_query", route
+    assert policy.ALLOWED["^api/ml/"].filter == "ml_backends"
+    assert policy.ALLOWED["^api/dm/project/"].filter == "project"
+
+
+def test_gold_and_labelling_hooks() -> None:
+    assert policy.ALLOWED["^api/annotations/<int:pk>/"].frozen_gold
+    assert policy.ALLOWED["^api/projects/<int:pk>/next/"].onboarding
+    assert policy.ALLOWED["^projects/<int:pk>/data/"].page_defaults
