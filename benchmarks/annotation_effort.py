@@ -15,8 +15,9 @@ interactions. For every structure the simulated annotator reaches Dice ≥ ``--t
 
 The cost model (steering-law brush strokes, per-vertex polygon clicks, NoC@90-style
 stopping rule, imperfect strokes from ``crowd_models.py``) is documented in
-``benchmarks/_effort_model.py``; every constant is a flag here. Both modes are simulated by
-the same oracle-optimal annotator, so the ratio isolates what the model's mask saves.
+``medcrowd/effort.py`` (re-exported by ``benchmarks/_effort_model.py``); every constant is a
+flag here. Both modes are simulated by the same oracle-optimal annotator, so the ratio
+isolates what the model's mask saves.
 
 Data (``MEDCROWD_SHARED_DATA``, default ``../shared/data``):
   * SAM-Med2D demo: all 30 organ masks, tight box around each mask (``tests/helpers``);
@@ -52,9 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _effort_model import CostModel, Effort, assisted_effort, manual_effort  # noqa: E402
-
 from fusion.metrics import dice  # noqa: E402
+from medcrowd.effort import CostModel, Effort, assisted_effort, manual_effort  # noqa: E402
 from ml_backend.predictors import BoxPredictor, get_predictor  # noqa: E402
 from tests.helpers import sammed2d_masks, tight_box  # noqa: E402
 

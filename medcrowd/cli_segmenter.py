@@ -76,7 +76,7 @@ def evaluate_command(
             help="A held-out labelled test folder (images/ + masks/ of PNG/TIFF/JPEG of any "
             "size, or any layout DATA may have; resized to --size). Then all of DATA is the "
             "pool and nothing of DATA is tested on; the folder is only scored on (never "
-            "trained on, crowd-simulated, given to pix2pix or used for a choice). Refused "
+            "trained on, crowd-labelled, given to pix2pix or used for a choice). Refused "
             "(exit 2) when it has no pairs or shares an image with DATA (pixel hash). "
             "Default: hold out --test-fraction of DATA."
         ),
@@ -84,7 +84,8 @@ def evaluate_command(
     crowd: Annotated[
         Path | None,
         typer.Option(
-            help="Crowd labels: a `medcrowd pull` + `fuse` folder or pairs (default: simulate)."
+            help="Crowd labels: a `medcrowd pull` + `fuse` folder or pairs "
+            "(default: made by --crowd-source)."
         ),
     ] = None,
     synthetic: Annotated[
@@ -119,11 +120,23 @@ def evaluate_command(
     synth_steps: Annotated[int, typer.Option(help="pix2pix training steps.")] = 1500,
     synth_count: Annotated[int, typer.Option(help="Synthetic pairs; 0 = as many as (b).")] = 0,
     synth_ngf: Annotated[int, typer.Option(help="pix2pix generator/discriminator width.")] = 32,
+    crowd_source: Annotated[
+        str,
+        typer.Option(
+            help="assisted: virtual volunteers label the pool through LiteMedSAM (a noisy box "
+            "per object, the model's mask, brush fixes within a time budget; each label has a "
+            "volunteer time). simulated: expert masks perturbed by annotator models (no assist)."
+        ),
+    ] = "assisted",
     crowd_models: Annotated[
         str | None,
-        typer.Option(help="Simulated annotator pool, comma-separated model names."),
+        typer.Option(
+            help="The crowd, comma-separated: volunteer kinds (assisted: careful, quick, sloppy, "
+            "loose, clipped, wrong_object, spam) or annotator models (simulated). Default: the "
+            "source's pool of 10."
+        ),
     ] = None,
-    raters_per_task: Annotated[int, typer.Option(help="Simulated raters per image.")] = 3,
+    raters_per_task: Annotated[int, typer.Option(help="Crowd labels per image.")] = 3,
     method: Annotated[str, typer.Option(help="Fusion method folder read from --crowd.")] = (
         "crowd-staple"
     ),
@@ -142,18 +155,23 @@ def evaluate_command(
         ),
     ] = None,
     arms: Annotated[
-        str, typer.Option(help="Arms to run: expert,crowd,synthetic,ceiling.")
-    ] = "expert,crowd,synthetic,ceiling",
+        str,
+        typer.Option(
+            help="Arms to run: expert,crowd,synthetic,ceiling,assist (assist = (e): the pool "
+            "labelled by LiteMedSAM alone, one box per object, no correction)."
+        ),
+    ] = "expert,crowd,synthetic,ceiling,assist",
     quick: Annotated[
         bool, typer.Option(help="Minutes on a CPU: 64 px, 1 seed, short training (CI smoke).")
     ] = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Train one segmenter on (a) expert subset, (b) + crowd, (c) + synthetic, (d) all expert;
-    test on held-out expert masks (a split of DATA, or --test DIR); write a Markdown table and
-    a bar chart."""
+    """Train one segmenter on (a) expert subset, (b) + crowd, (c) + synthetic, (d) all expert,
+    (e) + assist alone; test on held-out expert masks (a split of DATA, or --test DIR); write a
+    Markdown table with volunteer-hours per arm, a bar chart, and with several --expert-count
+    values a Dice-vs-expert-images figure (expert_curve.png)."""
     from medcrowd.console import error
-    from medcrowd.evaluate import DEFAULT_CROWD, EvaluateOptions, TestFolderError, evaluate
+    from medcrowd.evaluate import EvaluateOptions, TestFolderError, evaluate
 
     counts = _ints(expert_count, "--expert-count")
     options = EvaluateOptions(
@@ -165,7 +183,8 @@ def evaluate_command(
         steps_rule=steps_rule,
         epochs_min=epochs_min,
         channels=_ints(channels, "--channels"),
-        crowd_models=tuple(crowd_models.split(",")) if crowd_models else DEFAULT_CROWD,
+        crowd_source=crowd_source,
+        crowd_models=tuple(m.strip() for m in crowd_models.split(",")) if crowd_models else None,
         raters_per_task=raters_per_task,
         crowd_method=method,
         synth_steps=synth_steps,

@@ -86,13 +86,20 @@ __all__ = [
     "train_steps",
 ]
 
-ARMS = ("expert", "crowd", "synthetic", "ceiling")
+ARMS = ("expert", "crowd", "synthetic", "ceiling", "assist")
 ARM_TITLES = {
     "expert": "(a) expert subset",
     "crowd": "(b) + crowd-fused",
     "synthetic": "(c) + synthetic",
     "ceiling": "(d) all expert (ceiling)",
+    "assist": "(e) + assist alone",
 }
+CROWD_SOURCES: dict[str, str] = {
+    "assisted": "virtual volunteers label through LiteMedSAM (box noise + brush fixes, "
+    "medcrowd.assisted)",
+    "simulated": "expert masks perturbed by fusion.crowd_models (no assist)",
+}
+"""``--crowd-source`` name → how the crowd's labels of the pool are made."""
 STEPS_RULES: dict[str, str] = {
     "fixed": "steps = --steps for every network",
     "scaled": "steps = max(--steps, ceil(--epochs-min * training pairs / batch size))",
@@ -130,7 +137,12 @@ class EvaluateOptions:
     lr: float = 1e-3
     channels: tuple[int, ...] = (16, 32, 64, 128)
     res_units: int = 1
-    crowd_models: tuple[str, ...] = DEFAULT_CROWD
+    crowd_source: str = "assisted"
+    """``"assisted"`` or ``"simulated"`` (:data:`CROWD_SOURCES`)."""
+    crowd_models: tuple[str, ...] | None = None
+    """Volunteer kinds (assisted: :data:`medcrowd.assisted.VOLUNTEER_MODELS`) or annotator
+    models (simulated: :data:`fusion.crowd_models.ANNOTATOR_MODELS`); None → the source's
+    default pool."""
     raters_per_task: int = 3
     crowd_method: str = "crowd-staple"
     synth_steps: int = 1500
@@ -144,6 +156,17 @@ class EvaluateOptions:
     """Masks ``>= mask_threshold`` are foreground (``data`` and ``test``); None → any > 0."""
     arms: tuple[str, ...] = ARMS
     device: str = "auto"
+
+    @property
+    def crowd_pool(self) -> tuple[str, ...]:
+        """``crowd_models``, or the default pool of ``crowd_source``."""
+        if self.crowd_models is not None:
+            return tuple(self.crowd_models)
+        if self.crowd_source == "assisted":
+            from medcrowd.assisted import DEFAULT_ASSISTED_CROWD
+
+            return DEFAULT_ASSISTED_CROWD
+        return DEFAULT_CROWD
 
     @property
     def expert_counts(self) -> tuple[int, ...]:
@@ -181,15 +204,24 @@ class EvaluateOptions:
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown or not self.arms:
             raise ValueError(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
-        from fusion.crowd_models import ANNOTATOR_MODELS
-
-        bad = [m for m in self.crowd_models if m not in ANNOTATOR_MODELS]
-        if bad:
-            raise ValueError(f"unknown crowd models {bad}; known: {sorted(ANNOTATOR_MODELS)}")
-        if not 1 <= self.raters_per_task <= len(self.crowd_models):
+        if self.crowd_source not in CROWD_SOURCES:
             raise ValueError(
-                f"--raters-per-task must be in 1..{len(self.crowd_models)} (the crowd size)"
+                f"unknown --crowd-source {self.crowd_source!r}; "
+                f"choose from {', '.join(CROWD_SOURCES)}"
             )
+        if self.crowd_source == "assisted":
+            from medcrowd.assisted import VOLUNTEER_MODELS as known
+        else:
+            from fusion.crowd_models import ANNOTATOR_MODELS as known
+        pool = self.crowd_pool
+        bad = [m for m in pool if m not in known]
+        if bad:
+            raise ValueError(
+                f"unknown crowd models {bad} for --crowd-source {self.crowd_source}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        if not 1 <= self.raters_per_task <= len(pool):
+            raise ValueError(f"--raters-per-task must be in 1..{len(pool)} (the crowd size)")
 
 
 class TestFolderError(ValueError):
@@ -224,10 +256,13 @@ class _Set:
     names: list[str]
     images: U8  # N×S×S gray
     masks: U8  # N×S×S {0,1}
+    raw: list[tuple[np.ndarray, np.ndarray]] | None = None
+    """The pairs at their own resolution (gray image, {0,1} mask): what volunteers see."""
 
     def take(self, idx: Sequence[int]) -> _Set:
         ix = list(idx)
-        return _Set([self.names[i] for i in ix], self.images[ix], self.masks[ix])
+        raw = [self.raw[i] for i in ix] if self.raw is not None else None
+        return _Set([self.names[i] for i in ix], self.images[ix], self.masks[ix], raw)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -260,7 +295,7 @@ def _load(
         raise ValueError(f"no image–mask pairs found in {root}")
     hashes = [_pixel_hash(im) for im in images]
     imgs, msks = _prepare(images, masks, size)
-    return _Set(list(names), imgs, msks), hashes
+    return _Set(list(names), imgs, msks, list(zip(images, masks, strict=True))), hashes
 
 
 def _synth_order(name: str) -> tuple[int, int | str]:
@@ -353,6 +388,110 @@ def simulate_fused(
     return fused, report
 
 
+# -- the assisted crowd --------------------------------------------------------------------
+ASSIST_UNITS = 10
+"""Progress-bar steps one pool image's assisted labelling counts for (all seeds)."""
+
+
+def _assisted_labels(
+    pool: _Set, options: EvaluateOptions, device: str, progress: Progress
+) -> dict[int, Any]:
+    """Every seed's assisted-crowd and assist-alone labels of ``pool``
+    (:func:`medcrowd.assisted.label_pool` at the images' own resolution, one LiteMedSAM
+    encoder pass per image), then resized to ``options.size`` as the pool's masks are."""
+    from medcrowd.assisted import label_pool
+    from ml_backend.predictors import get_predictor
+    from segmenter.data import resize_pair
+
+    if pool.raw is None:  # pragma: no cover - every pool comes from _load
+        raise ValueError("the pool has no native-resolution pairs")
+    predictor = get_predictor("litemedsam", device=device)
+    crowd = options.crowd_pool if options.crowd_source == "assisted" else None
+    if crowd is None:
+        from medcrowd.assisted import DEFAULT_ASSISTED_CROWD as crowd
+    images = [im for im, _ in pool.raw]
+    masks = [m for _, m in pool.raw]
+    raters = min(options.raters_per_task, len(crowd))
+    labels = label_pool(
+        images, masks, predictor, crowd=crowd, raters_per_task=raters, seeds=options.seeds,
+        progress=lambda done, _total: progress(done * ASSIST_UNITS, 0),
+    )  # fmt: skip
+    size = options.size
+    for lab in labels.values():
+        lab.votes = [
+            np.stack([resize_pair(im, v.astype(np.uint8), size)[1] for v in votes]).astype(bool)
+            for im, votes in zip(images, lab.votes, strict=True)
+        ]
+        lab.assist = [
+            resize_pair(im, a.astype(np.uint8), size)[1]
+            for im, a in zip(images, lab.assist, strict=True)
+        ]
+    return labels
+
+
+def _fuse_assisted(
+    pool: _Set, labels: Any, expert_idx: Sequence[int], rest_idx: Sequence[int]
+) -> tuple[_Set, dict[str, Any]]:
+    """The assisted crowd's labels of the whole pool fused by CrowdStaple, the expert subset
+    as gold tasks; returns the fused labels of ``rest_idx`` and a quality report (Dice vs
+    the pool's expert masks on ``rest_idx``, at the evaluation size)."""
+    from fusion import CrowdStaple
+    from segmenter.metrics import dice_scores
+
+    order = list(expert_idx) + list(rest_idx)  # gold first
+    tasks = [labels.votes[i] for i in order]
+    annotators = [labels.annotators[i] for i in order]
+    gold = {t: pool.masks[order[t]].astype(bool) for t in range(len(expert_idx))}
+    result = CrowdStaple().fit_predict(tasks, annotators, gold=gold)
+    fused = np.stack(result.masks).astype(np.uint8)[len(expert_idx) :]
+    rest = pool.take(rest_idx)
+    majority = np.stack([labels.votes[i].mean(0) > 0.5 for i in rest_idx]).astype(np.uint8)
+    single = [
+        float(
+            dice_scores(
+                labels.votes[i].astype(np.uint8),
+                np.repeat(pool.masks[i][None], len(labels.votes[i]), 0),
+            ).mean()
+        )
+        for i in rest_idx
+    ]
+    report: dict[str, Any] = {
+        "raters_per_task": len(labels.votes[0]),
+        "reliability": {str(k): round(v, 4) for k, v in sorted(result.reliability.items())},
+        "fallback": result.fallback,
+        "fused_dice": float(dice_scores(fused, rest.masks).mean()),
+        "majority_dice": float(dice_scores(majority, rest.masks).mean()),
+        "single_label_dice": float(np.mean(single)),
+        "volunteer_seconds_per_image": float(np.mean([sum(labels.seconds[i]) for i in order])),
+    }
+    part = _Set([f"crowd-{name}" for name in rest.names], rest.images, fused)
+    return part, report
+
+
+def _assist_part(pool: _Set, labels: Any, rest_idx: Sequence[int]) -> _Set:
+    """The assist-alone labels of ``rest_idx`` (arm (e))."""
+    rest = pool.take(rest_idx)
+    masks = np.stack([labels.assist[i] for i in rest_idx]).astype(np.uint8)
+    return _Set([f"assist-{name}" for name in rest.names], rest.images, masks)
+
+
+def _labels_summary(pool: _Set, labels: Any) -> dict[str, Any]:
+    """Time and quality of one seed's assisted labels of the whole pool (summary.json)."""
+    from segmenter.metrics import dice_scores
+
+    per_image = [sum(s) for s in labels.seconds]
+    assist = np.stack(labels.assist).astype(np.uint8)
+    return {
+        "images": len(per_image),
+        "volunteer_seconds_per_image": float(np.mean(per_image)),
+        "volunteer_seconds_per_label": float(np.mean([x for s in labels.seconds for x in s])),
+        "volunteer_hours": float(sum(per_image) / 3600.0),
+        "label_dice_native_mean": float(np.mean([d for ds in labels.raw_dice for d in ds])),
+        "assist_seconds_per_image": float(np.mean(labels.assist_seconds)),
+        "assist_dice": float(dice_scores(assist, pool.masks).mean()),
+    }
+
+
 # -- the run --------------------------------------------------------------------------------
 def evaluate(
     data: Path,
@@ -420,7 +559,11 @@ def evaluate(
         )  # fmt: skip
     synth_given = None
     if synthetic is not None:
-        synth_given, _ = _load_crowd(synthetic, options.crowd_method, options.size)
+        synth_given, synth_hashes = _load_crowd(synthetic, options.crowd_method, options.size)
+        _check_unseen(
+            synth_hashes, test_hashes, f"synthetic image(s) in {synthetic}",
+            "images must stay unseen (synthetic pairs may not copy a test image)",
+        )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
 
     multi = len(counts) > 1
@@ -434,26 +577,47 @@ def evaluate(
     per_seed += len(counts) * options.synth_steps if train_pix2pix else 0
     from segmenter.training import StepCounter
 
-    steps = StepCounter(len(options.seeds) * per_seed, progress)
+    need_crowd = any(a in options.arms for a in ("crowd", "synthetic"))
+    assisted = crowd_set is None and need_crowd and options.crowd_source == "assisted"
+    need_assist = assisted or "assist" in options.arms
+    # the assisted labelling counts ASSIST_UNITS steps per pool image in the progress bar
+    label_units = ASSIST_UNITS * len(pool) if need_assist else 0
+    steps = StepCounter(len(options.seeds) * per_seed + label_units, progress)
     rows: list[dict[str, Any]] = []
     crowd_reports: dict[str, Any] = {}
-    need_crowd = any(a in options.arms for a in ("crowd", "synthetic"))
+    labels: dict[int, Any] = {}
+    if need_assist:
+        log({"stage": f"labelling the pool through the assist ({len(pool)} images)"})
+        labels = _assisted_labels(pool, options, device, steps.part())
     for seed in options.seeds:
         seed_dir = out / f"seed-{seed}"
         rng = np.random.default_rng(seed)
         # one draw of the largest count: the subsets of the smaller counts are its prefixes
         drawn = rng.choice(len(pool), max(counts), replace=False).tolist()
         sets: dict[str, _Set] = {"ceiling": pool}
+        hours: dict[str, float | None] = {"ceiling": 0.0}
         for n in counts:
             tag = f" (expert {n})" if multi else ""
             expert_idx = sorted(drawn[:n])
             rest_idx = [i for i in range(len(pool)) if i not in expert_idx]
             expert = pool.take(expert_idx)
             sets[_key("expert", n, multi)] = expert
+            hours[_key("expert", n, multi)] = 0.0
+            if "assist" in options.arms:
+                sets[_key("assist", n, multi)] = _concat(
+                    expert, _assist_part(pool, labels[seed], rest_idx)
+                )
+                hours[_key("assist", n, multi)] = (
+                    sum(labels[seed].assist_seconds[i] for i in rest_idx) / 3600.0
+                )
             if not need_crowd:
                 continue
             if crowd_set is not None:
                 crowd_part = crowd_set
+            elif assisted:
+                log({"stage": f"seed {seed}: fusing the assisted crowd{tag}"})
+                crowd_part, report = _fuse_assisted(pool, labels[seed], expert_idx, rest_idx)
+                crowd_reports[f"{seed}-{n}" if multi else str(seed)] = report
             else:
                 log({"stage": f"seed {seed}: simulating and fusing the crowd{tag}"})
                 order = expert_idx + rest_idx  # gold first
@@ -471,6 +635,9 @@ def evaluate(
                 )
             base = _concat(expert, crowd_part)
             sets[_key("crowd", n, multi)] = base
+            hours[_key("crowd", n, multi)] = (
+                sum(sum(s) for s in labels[seed].seconds) / 3600.0 if assisted else None
+            )
             if "synthetic" in options.arms:
                 if synth_given is not None:
                     synth = synth_given
@@ -478,11 +645,14 @@ def evaluate(
                     log({"stage": f"seed {seed}: training pix2pix{tag}"})
                     synth = _synthesise(base, options, seed, device, steps.part())
                 sets[_key("synthetic", n, multi)] = _concat(base, synth)
+                hours[_key("synthetic", n, multi)] = hours[_key("crowd", n, multi)]
         for key, arm, count in plan:
             _write_pairs(seed_dir / key, sets[key])
             stage = f"seed {seed}: training on {_title(arm, count, multi)}"
             log({"stage": stage})
             row = _train_and_score(key, seed, sets[key], test_set, options, device, steps.part())
+            volunteer_h = hours.get(key)
+            row["volunteer_h"] = round(volunteer_h, 4) if volunteer_h is not None else None
             log({"stage": stage, "row": row})
             rows.append(row)
             _write_rows(out / "results.csv", rows)
@@ -492,7 +662,7 @@ def evaluate(
         {
             "data": str(Path(data).resolve()),
             "test": str(Path(test).resolve()) if test else None,
-            "crowd": str(Path(crowd).resolve()) if crowd else "simulated",
+            "crowd": str(Path(crowd).resolve()) if crowd else options.crowd_source,
             "synthetic": str(Path(synthetic).resolve()) if synthetic else "pix2pix on (b)",
             "options": asdict(options),
             "steps_rule": {
@@ -503,12 +673,15 @@ def evaluate(
             "pool": len(pool),
             "test_images": test_set.names,
             "crowd_quality": crowd_reports,
+            "assisted_labels": {str(seed): _labels_summary(pool, labels[seed]) for seed in labels},
         }
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = _table(summary, options, plan, multi)
     (out / "table.md").write_text(table)
     _chart(rows, summary, options, plan, multi, out / "chart.png")
+    if multi:
+        _curve(summary, options, plan, out / "expert_curve.png")
     return EvaluateReport(out=out, rows=rows, summary=summary, table=table)
 
 
@@ -552,6 +725,7 @@ def _arm_sizes(
         sizes[_key("expert", n, multi)] = n
         sizes[_key("crowd", n, multi)] = base
         sizes[_key("synthetic", n, multi)] = base + extra
+        sizes[_key("assist", n, multi)] = pool
     return sizes
 
 
@@ -669,6 +843,10 @@ def _summarise(
         if not mine:
             continue
         entry: dict[str, Any] = {"train_pairs": [r["train_pairs"] for r in mine]}
+        hours = [r.get("volunteer_h") for r in mine]
+        entry["volunteer_h"] = (
+            float(np.mean(hours)) if hours and all(h is not None for h in hours) else None
+        )
         for stat in ("dice", "hd95", "accuracy"):
             values = np.array([r[stat] for r in mine], dtype=float)
             entry[stat] = {
@@ -694,6 +872,10 @@ def _fmt(stat: dict[str, float | None], digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def _hours(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def _span(values: Sequence[int]) -> str:
     return str(values[0]) if len(set(values)) == 1 else f"{min(values)}–{max(values)}"
 
@@ -715,8 +897,9 @@ def _table(
         f"Test: {len(summary['test_images'])} held-out expert masks; "
         f"seeds {', '.join(map(str, options.seeds))}; {options.size} px; {steps}",
         "",
-        "| training set | pairs | steps | Dice | HD95 (px) | accuracy | Dice vs (a) |",
-        "|---|---|---|---|---|---|---|",
+        "| training set | pairs | steps | Dice | HD95 (px) | accuracy | Dice vs (a) "
+        "| volunteer-h |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     if multi:
         lines[0] += " n = expert images in (a); Dice vs (a) with the same n ((d): the first n)."
@@ -728,7 +911,8 @@ def _table(
         lines.append(
             f"| {titles[key]} | {_span(entry['train_pairs'])} | "
             f"{summary['steps_rule']['steps'][key]} | {_fmt(entry['dice'])} | "
-            f"{_fmt(entry['hd95'], 1)} | {_fmt(entry['accuracy'])} | {rel_s} |"
+            f"{_fmt(entry['hd95'], 1)} | {_fmt(entry['accuracy'])} | {rel_s} | "
+            f"{_hours(entry.get('volunteer_h'))} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -750,7 +934,7 @@ def _chart(
     means = [summary["arms"][a]["dice"]["mean"] or 0.0 for a in arms]
     stds = [summary["arms"][a]["dice"]["std"] or 0.0 for a in arms]
     fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(arms)), 4))
-    palette = ["#8d99ae", "#2a9d8f", "#e9c46a", "#264653"]
+    palette = ["#8d99ae", "#2a9d8f", "#e9c46a", "#264653", "#e76f51"]
     arm_of = {key: arm for key, arm, _ in plan}
     titles = {key: _title(arm, n, multi) for key, arm, n in plan}
     # one count: colours by position as before; several: one colour per arm
@@ -766,4 +950,71 @@ def _chart(
     ax.set_title(f"Downstream segmenter, {len(options.seeds)} seed(s): mean ± std")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _curve(
+    summary: dict[str, Any],
+    options: EvaluateOptions,
+    plan: list[tuple[str, str, int | None]],
+    path: Path,
+) -> None:
+    """Several expert counts: test Dice vs expert images for (a) expert only and (b) expert +
+    crowd pool (mean ± std over seeds; (e) and (d) when run), the volunteer-hours behind (b)
+    on a second axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = summary["arms"]
+    counts = sorted(options.expert_counts)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    styles = {
+        "expert": ("expert only (a)", "#8d99ae", "o"),
+        "crowd": ("expert + crowd-fused pool (b)", "#2a9d8f", "s"),
+        "assist": ("expert + assist-alone pool (e)", "#e76f51", "^"),
+        "synthetic": ("(b) + synthetic (c)", "#e9c46a", "D"),
+    }
+    for arm, (label, colour, marker) in styles.items():
+        xs = [n for n in counts if _key(arm, n, True) in arms]
+        if not xs:
+            continue
+        mean = [arms[_key(arm, n, True)]["dice"]["mean"] for n in xs]
+        std = [arms[_key(arm, n, True)]["dice"]["std"] for n in xs]
+        ax.errorbar(xs, mean, yerr=std, label=label, color=colour, marker=marker, capsize=4)
+    if "ceiling" in arms:
+        d = arms["ceiling"]["dice"]
+        pool = arms["ceiling"]["train_pairs"][0]
+        ax.axhline(d["mean"], color="#264653", ls="--", lw=1,
+                   label=f"all {pool} pool images expert (d)")  # fmt: skip
+        ax.axhspan(d["mean"] - d["std"], d["mean"] + d["std"], color="#264653", alpha=0.08)
+    ax.set_xscale("log")
+    ax.set_xticks(counts, [str(n) for n in counts])
+    ax.set_xlabel("expert-labelled images")
+    ax.set_ylabel("test Dice (held-out expert masks)")
+    hours = [(n, arms[_key("crowd", n, True)].get("volunteer_h")) for n in counts
+             if _key("crowd", n, True) in arms]  # fmt: skip
+    hours = [(n, h) for n, h in hours if h is not None]
+    if hours:
+        twin = ax.twinx()
+        twin.bar([n for n, _ in hours], [h for _, h in hours],
+                 width=[0.18 * n for n, _ in hours], color="#2a9d8f", alpha=0.18,
+                 label="volunteer-hours behind (b)")  # fmt: skip
+        twin.set_ylabel("volunteer-hours behind (b)")
+        twin.set_ylim(0, max(h for _, h in hours) * 2.2)
+        ax.set_zorder(twin.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        handles, names = ax.get_legend_handles_labels()
+        h2, n2 = twin.get_legend_handles_labels()
+        ax.legend(handles + h2, names + n2, fontsize=8, loc="lower right")
+    else:
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(
+        f"{len(options.seeds)} seed(s), {len(summary['test_images'])} test images, "
+        f"{options.size} px: mean ± std",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
     plt.close(fig)
