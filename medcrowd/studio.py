@@ -553,11 +553,20 @@ class Studio:
         with self._sdk(f"setting the overlap of project {project_id}"):
             self.client.projects.update(project_id, maximum_annotations=overlap)
 
-    def set_instructions(self, project_id: int, html: str) -> None:
+    def set_instructions(self, project_id: int, html: str, keep_existing: bool = False) -> bool:
         """Show ``html`` to every labeller before their first task (Label Studio's
-        ``expert_instruction`` with ``show_instruction``)."""
+        ``expert_instruction`` with ``show_instruction``); returns whether it was set.
+
+        With ``keep_existing``, a project that already has instructions keeps them (staff
+        may have edited them in the project settings).
+        """
+        if keep_existing:
+            current = self.request("GET", f"/api/projects/{project_id}/").json()
+            if str(current.get("expert_instruction") or "").strip():
+                return False
         with self._sdk(f"the instructions of project {project_id}"):
             self.client.projects.update(project_id, expert_instruction=html, show_instruction=True)
+        return True
 
     def set_label_config(self, project_id: int, label_config: str) -> None:
         """Replace the project's labeling config (XML)."""

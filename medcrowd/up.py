@@ -3,10 +3,16 @@
 Steps: credentials (created once, 0600) → Label Studio on SQLite (or on PostgreSQL with
 ``--database``) → its URL and API token recorded in ``instance.json`` (0600, beside the
 credentials: the other commands find the instance there, see :mod:`medcrowd.connection`) →
-ML backend → project from ``configs/labeling_box_brush.xml`` → sample
-images (pydicom's bundled CT/MR, or ``--images``) → backend connected for interactive
-pre-annotation → print URL and login → wait for Ctrl-C, then stop both. Re-running reuses
+ML backend → project from ``configs/labeling_box_brush.xml`` (with the volunteer
+instructions, unless staff wrote their own) → sample images (pydicom's bundled CT/MR, or
+``--images``) → backend connected for interactive pre-annotation → print URL, login and
+(with roles) the volunteers' signup link → wait for Ctrl-C, then stop both. Re-running reuses
 the project and never duplicates tasks.
+
+Roles are on by default: Label Studio runs with medcrowd's plugin (:mod:`medcrowd.lsplugin`,
+docs/security.md), so a volunteer who signs up through the link can label and nothing else.
+``roles=False`` (``medcrowd up --no-roles``) runs stock Label Studio, where every member of
+the organisation can do everything.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from medcrowd.embedded import BackendProcess, LabelStudioProcess, PostgresDatabase
+from medcrowd.roles import VOLUNTEER_INSTRUCTIONS, signup_link
 from medcrowd.settings import Instance, config_path, load_or_create_credentials, write_instance
 from medcrowd.studio import ImportReport, Studio
 
@@ -40,7 +47,7 @@ class UpOptions:
     device: str = "auto"
     wait: bool = True
     database: PostgresDatabase | None = None
-    roles: bool = False
+    roles: bool = True
 
 
 def iter_image_files(folder: Path) -> list[tuple[str, bytes]]:
@@ -92,6 +99,7 @@ def run_up(opts: UpOptions, say: Callable[[str], None] = print) -> int:
         studio = Studio(studio_proc.url, creds.token)
         label_config = config_path("labeling_box_brush.xml").read_text()
         project_id = studio.ensure_project(opts.project, label_config)
+        studio.set_instructions(project_id, VOLUNTEER_INSTRUCTIONS, keep_existing=True)
         report: ImportReport = studio.import_images(
             project_id, files if files is not None else _samples()
         )
@@ -110,6 +118,13 @@ def run_up(opts: UpOptions, say: Callable[[str], None] = print) -> int:
             )
         else:
             say(f"Login: {creds.email}; password in {opts.data_dir / 'credentials.json'}")
+        if opts.roles:
+            say(
+                f"Volunteers sign up at {signup_link(studio)} (expires; `medcrowd volunteers "
+                "link` prints the current one)"
+            )
+        else:
+            say("Roles are off (--no-roles): every account can change or delete everything.")
         say("medcrowd is up. Press Ctrl-C to stop.")
         if opts.wait:
             while not stop.wait(0.5):

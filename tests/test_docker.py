@@ -116,7 +116,10 @@ def test_compose_config_resolves_the_whole_stack(compose: list[str], tmp_path: P
     assert _as_env(pg["environment"])["POSTGRES_PASSWORD"] == env["POSTGRES_PASSWORD"]
 
     ls = services["label-studio"]
-    assert ls["image"] == "heartexlabs/label-studio:1.23.2"
+    # Label Studio with medcrowd's roles plugin, built from docker/Dockerfile.label-studio
+    assert ls["image"] == "medcrowd-label-studio:1.23.2"
+    assert ls["build"]["dockerfile"] == "docker/Dockerfile.label-studio"
+    assert _as_env(ls["environment"])["DJANGO_SETTINGS_MODULE"] == "medcrowd.lsplugin.settings"
     assert ls["depends_on"]["postgres"]["condition"] == "service_healthy"
     ls_env = _as_env(ls["environment"])
     assert ls_env["DJANGO_DB"] == "default" and ls_env["POSTGRE_HOST"] == "postgres"
@@ -337,6 +340,44 @@ def test_dockerfiles_pin_torch_copy_real_paths_and_drop_root(dockerfile: str, ba
     assert re.search(r"^HEALTHCHECK .*\n?.*/health", text, re.M)
     ignore = (DOCKER / f"{dockerfile}.dockerignore").read_text(encoding="utf-8").split()
     assert ignore[ignore.index("**") + 1 :], "dockerignore must re-include the sources"
+
+
+def test_label_studio_image_carries_the_plugin() -> None:
+    """docker/Dockerfile.label-studio: Label Studio's own image, the plugin's packages on
+    PYTHONPATH, medcrowd's settings module, back to the unprivileged user."""
+    text = (DOCKER / "Dockerfile.label-studio").read_text(encoding="utf-8")
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, re.M))
+    (base,) = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    base = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), base)
+    assert base == "heartexlabs/label-studio:1.23.2"
+    import label_studio
+
+    assert base.endswith(":" + label_studio.__version__)  # the version the tests run
+    copies = re.findall(r"^COPY\s+(?!--)(\S+)\s+(\S+)$", text, re.M)
+    assert {src for src, _ in copies} == {"medcrowd/", "ml_backend/"}
+    for src, dst in copies:
+        assert (REPO / src).is_dir() and dst.startswith("/opt/medcrowd/")
+    assert "PYTHONPATH=/opt/medcrowd" in text
+    assert "DJANGO_SETTINGS_MODULE=medcrowd.lsplugin.settings" in text
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    assert users[-1] not in {"root", "0"}
+    ignore = (DOCKER / "Dockerfile.label-studio.dockerignore").read_text().split()
+    assert {"!medcrowd/", "!ml_backend/"} <= set(ignore)
+
+
+def test_plugin_imports_nothing_heavy() -> None:
+    """What the Label Studio image lacks: the plugin must not import torch, fusion, scipy,
+    medcrowd's CLI or the SDK client (only medcrowd.lsplugin, ml_backend.rle, numpy, PIL)."""
+    probe = (
+        "import sys\n"
+        "import medcrowd.lsplugin.policy, medcrowd.lsplugin.feedback\n"
+        "heavy = [m for m in ('torch', 'fusion', 'scipy', 'medcrowd.studio', 'typer',"
+        " 'label_studio_sdk') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=REPO, timeout=120, check=True)  # fmt: skip
+    assert out.stdout.strip() == "[]"
 
 
 def test_backend_command_uses_only_options_the_cli_has(compose: list[str], tmp_path: Path) -> None:

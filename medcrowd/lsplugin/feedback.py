@@ -23,7 +23,9 @@ project are gold tasks they have not done yet, when the project has any
 (:func:`onboarding_task`); their feedback then shows on the page right after each submit.
 
 Masks are the union of an annotation's ``brushlabels`` regions (Label Studio's RLE, decoded
-by :mod:`ml_backend.rle`).
+by :mod:`ml_backend.rle`). The plugin needs only numpy and Pillow besides that module (both
+in Label Studio's own environment), so Label Studio's image carries it without medcrowd's
+heavy dependencies (docker/Dockerfile.label-studio).
 """
 
 from __future__ import annotations
@@ -37,13 +39,13 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from fusion.metrics import dice
 from ml_backend.rle import rle_to_mask
 
 __all__ = [
     "GoldResult",
     "Summary",
     "annotation_mask",
+    "dice",
     "gold_results",
     "is_frozen",
     "onboarding_task",
@@ -57,6 +59,12 @@ Mask = npt.NDArray[np.bool_]
 AGREE = (46, 204, 113)
 MISSED = (52, 152, 219)
 EXTRA = (231, 76, 60)
+
+
+def dice(a: Mask, b: Mask) -> float:
+    """Dice of two masks (1.0 when both are empty), as :func:`fusion.metrics.dice`."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def annotation_mask(result: Any) -> Mask | None:

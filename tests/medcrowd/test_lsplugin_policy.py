@@ -88,3 +88,22 @@ def test_gold_and_labelling_hooks() -> None:
     assert policy.ALLOWED["^api/annotations/<int:pk>/"].frozen_gold
     assert policy.ALLOWED["^api/projects/<int:pk>/next/"].onboarding
     assert policy.ALLOWED["^projects/<int:pk>/data/"].page_defaults
+
+
+def test_feedback_mask_is_the_union_of_brush_regions() -> None:
+    """The gold feedback's mask: every brushlabels region of an annotation, nothing else."""
+    import numpy as np
+
+    from medcrowd.lsplugin.feedback import annotation_mask, dice
+    from ml_backend.labeling import brush_result
+
+    a = np.zeros((40, 50), bool)
+    a[5:20, 10:30] = True
+    b = np.zeros((40, 50), bool)
+    b[25:35, 5:15] = True
+    box = {"type": "rectanglelabels", "value": {"x": 1, "y": 1, "width": 5, "height": 5}}
+    mask = annotation_mask([brush_result(a, "Organ"), box, brush_result(b, "Organ")])
+    assert mask is not None and np.array_equal(mask, a | b)
+    assert annotation_mask([box]) is None
+    assert dice(a, a | b) == 2 * a.sum() / (a.sum() + (a | b).sum())
+    assert dice(np.zeros_like(a), np.zeros_like(a)) == 1.0
