@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 from medcrowd.cli_people import experts_app, volunteers_app
 from medcrowd.cli_segmenter import evaluate_command, select_command, train_app
 from medcrowd.cli_synth import export_command, synth_app
+from medcrowd.cli_volume import propagate_command
 from medcrowd.connection import DataDirOption, TokenOption, UrlOption, cli_errors, open_studio
 from medcrowd.console import console, err, error, progress
 from medcrowd.settings import default_data_dir
@@ -55,6 +56,7 @@ app.command("export")(export_command)
 app.add_typer(train_app, name="train")
 app.command("evaluate")(evaluate_command)
 app.command("select")(select_command)
+app.command("propagate")(propagate_command)
 
 
 @app.command()

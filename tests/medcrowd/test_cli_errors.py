@@ -107,6 +107,14 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     "train segmenter": [(["{missing}"], "is not a folder")],
     "train sqa": [(["{missing}"], "is not a folder")],
     "evaluate": [(["{missing}"], "is not a folder")],
+    "propagate": [
+        (["{missing}", "--box", "1,1,5,5", "--index", "0"], "does not exist"),
+        (["{empty}", "--box", "1,1,5,5", "--index", "0"], "holds no png/jpeg/tiff slices"),
+        (["{file}", "--box", "1,1,5,5", "--index", "0"], "not a readable image"),
+        (["{empty}", "--box", "1,1,5", "--index", "0"], "--box takes 4 numbers"),
+        (["{empty}", "--box", "5,1,1,5", "--index", "0"], "x1 > x0"),
+        (["{empty}", "--box", "a,b,c,d", "--index", "0"], "--box takes"),
+    ],
     "select": [
         ([], "--project"),
         (["--project", "1", "--strategy", "random", *DOWN], NOT_ANSWERING),

@@ -25,13 +25,15 @@ from ml_backend.cache import EmbeddingCache
 from ml_backend.errors import InvalidInput, ModelUnavailable
 from ml_backend.onnx_export import export_verified
 from ml_backend.predictors import (
+    LOGITS_SIZE,
     PREDICTORS,
     BoxPredictor,
     LiteMedSAMPredictor,
+    Prediction,
     SamFamilyPredictor,
     get_predictor,
 )
-from tests.helpers import dice
+from tests.helpers import OrganMask, dice, tight_box
 
 BOX = [60.0, 40.0, 120.0, 100.0]
 
@@ -360,3 +362,114 @@ def test_sam_preprocessing_follows_sam_predictor(tiny_vit_b: Path, demo_image: n
     ours, _ = predictor.predict_box(BOX)
     masks, _, _ = reference.predict(box=np.array(BOX), multimask_output=False)
     np.testing.assert_array_equal(ours, masks[0])
+
+
+# --------------------------------------------------------------------------- predict(...)
+
+
+def test_predict_with_a_box_only_is_predict_box(
+    lite: LiteMedSAMPredictor, demo_masks: list[OrganMask]
+) -> None:
+    for organ in demo_masks[:4]:
+        image, truth = organ.load()
+        lite.set_image(image)
+        box = tight_box(truth)
+        mask, score = lite.predict_box(box)
+        answer = lite.predict(box=box)
+        assert isinstance(answer, Prediction)
+        np.testing.assert_array_equal(answer.mask, mask)
+        assert answer.score == score
+        assert answer.logits.shape == (LOGITS_SIZE, LOGITS_SIZE)
+        assert answer.logits.dtype == np.float32
+        # the logits are the mask: thresholding them the predictor's way gives it back
+        assert dice(answer.mask, truth) > 0.5
+
+
+def test_litemedsam_points_and_mask_input_reach_the_prompt_encoder(
+    lite: LiteMedSAMPredictor, demo_masks: list[OrganMask]
+) -> None:
+    """Clicks are scaled like boxes (256 / longest side) and the previous logits go in as
+    the dense prompt: the answer equals the prompt encoder + decoder called by hand."""
+    organ = next(m for m in demo_masks if m.image_path.stem == "s0619_32")
+    image, truth = organ.load()
+    lite.set_image(image)
+    box = tight_box(truth)
+    first = lite.predict(box=box)
+    rows, cols = (
+        np.nonzero(truth & ~first.mask) if (truth & ~first.mask).any() else np.nonzero(truth)
+    )
+    click = [[float(cols[0]) + 0.5, float(rows[0]) + 0.5]]
+    answer = lite.predict(box=box, points=click, labels=[1], mask_input=first.logits)
+    scale = 256 / max(image.shape[:2])
+    entry = lite.cache.get((lite.model_id, lite.image_hash(image)))
+    assert entry is not None
+    embedding = torch.from_numpy(entry.embedding)
+    with torch.inference_mode():
+        sparse, dense = lite.net.prompt_encoder(
+            points=(
+                torch.tensor(click, dtype=torch.float32)[None] * scale,
+                torch.tensor([[1.0]]),
+            ),
+            boxes=torch.tensor(box, dtype=torch.float32).reshape(1, 1, 4) * scale,
+            masks=torch.from_numpy(first.logits)[None, None],
+        )
+        low_res, _ = lite.net.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=lite.net.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+    np.testing.assert_allclose(answer.logits, low_res[0, 0].numpy(), atol=1e-3)
+    assert answer.mask.shape == truth.shape
+    assert not np.array_equal(answer.logits, first.logits)  # the prompts changed the answer
+
+
+def test_predict_validates_prompts(
+    fresh_lite: Callable[..., LiteMedSAMPredictor], demo_image: np.ndarray
+) -> None:
+    predictor = fresh_lite()
+    with pytest.raises(RuntimeError, match="set_image"):
+        predictor.predict(box=BOX)
+    predictor.set_image(demo_image)  # 225×155 (W×H)
+    good = predictor.predict(points=[[90.0, 70.0]], labels=[1])  # a click alone is accepted
+    assert good.mask.shape == (155, 225)
+    bad: list[dict[str, Any]] = [
+        {},
+        {"points": [[10.0, 10.0]]},  # no labels
+        {"points": [[10.0, 10.0]], "labels": [1, 0]},
+        {"points": [[10.0, 10.0]], "labels": [2]},
+        {"points": [[10.0, 10.0, 3.0]], "labels": [1]},
+        {"points": [[400.0, 10.0]], "labels": [1]},
+        {"points": [[float("nan"), 10.0]], "labels": [1]},
+        {"labels": [1]},
+        {"box": BOX, "mask_input": np.zeros((64, 64), np.float32)},
+        {"box": BOX, "mask_input": np.full((256, 256), np.inf, np.float32)},
+    ]
+    for kwargs in bad:
+        with pytest.raises(InvalidInput):
+            predictor.predict(**kwargs)
+
+
+def test_sam_points_follow_sam_predictor(tiny_vit_b: Path, demo_image: np.ndarray) -> None:
+    """SAM's native points: the same clicks, box and previous logits as SamPredictor."""
+    from segment_anything import SamPredictor
+
+    predictor = get_predictor("sam_vit_b", device="cpu", checkpoint=tiny_vit_b)
+    assert isinstance(predictor, SamFamilyPredictor)
+    reference = SamPredictor(predictor.sam)
+    reference.set_image(demo_image)
+    predictor.set_image(demo_image)
+    points = np.array([[80.0, 60.0], [100.0, 90.0]])
+    labels = np.array([1, 0])
+    first = predictor.predict(box=BOX)
+    ours = predictor.predict(box=BOX, points=points, labels=labels, mask_input=first.logits)
+    masks, _, low_res = reference.predict(
+        point_coords=points,
+        point_labels=labels,
+        box=np.array(BOX),
+        mask_input=first.logits[None],
+        multimask_output=False,
+    )
+    np.testing.assert_allclose(ours.logits, low_res[0], atol=1e-4)
+    np.testing.assert_array_equal(ours.mask, masks[0])
