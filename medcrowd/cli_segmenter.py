@@ -162,7 +162,11 @@ def evaluate_command(
         ),
     ] = "expert,crowd,synthetic,ceiling,assist",
     quick: Annotated[
-        bool, typer.Option(help="Minutes on a CPU: 64 px, 1 seed, short training (CI smoke).")
+        bool,
+        typer.Option(
+            help="Minutes on a CPU: 64 px, 1 seed, short training, LiteMedSAM on PyTorch "
+            "(CI smoke)."
+        ),
     ] = False,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -198,6 +202,7 @@ def evaluate_command(
     )
     if quick:
         options.size, options.steps, options.synth_steps = 64, 80, 80
+        options.assist_backend = "torch"  # no ONNX export: seconds, not a minute
         options.synth_ngf, options.channels = 16, (8, 16, 32, 64)
         options.seeds = options.seeds[:1]
     with cli_errors():

@@ -144,6 +144,9 @@ class EvaluateOptions:
     models (simulated: :data:`fusion.crowd_models.ANNOTATOR_MODELS`); None → the source's
     default pool."""
     raters_per_task: int = 3
+    assist_backend: str = "auto"
+    """LiteMedSAM's backend for the assisted crowd and arm (e): ``auto`` (ONNX Runtime on a
+    CPU), ``onnx`` or ``torch`` (no ONNX export at start: ``--quick``)."""
     crowd_method: str = "crowd-staple"
     synth_steps: int = 1500
     synth_count: int = 0
@@ -405,7 +408,7 @@ def _assisted_labels(
 
     if pool.raw is None:  # pragma: no cover - every pool comes from _load
         raise ValueError("the pool has no native-resolution pairs")
-    predictor = get_predictor("litemedsam", device=device)
+    predictor = get_predictor("litemedsam", device=device, backend=options.assist_backend)
     crowd = options.crowd_pool if options.crowd_source == "assisted" else None
     if crowd is None:
         from medcrowd.assisted import DEFAULT_ASSISTED_CROWD as crowd

@@ -47,15 +47,18 @@ def tiny(isbi: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# the simulated crowd and arms (a)–(d): the plumbing; the assisted crowd and arm (e), the
+# defaults, are tested on chest X-rays in test_assisted.py
+FOUR = ("expert", "crowd", "synthetic", "ceiling")
 OPTS = dict(size=64, steps=30, channels=(8, 16, 32), synth_steps=20, synth_ngf=8,
             batch_size=4, expert_count=3, test_fraction=0.25, device="cpu",
-            steps_rule="fixed")  # fmt: skip
+            steps_rule="fixed", crowd_source="simulated")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def two_seeds(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
     out = tmp_path_factory.mktemp("evaluate")
-    options = EvaluateOptions(seeds=(0, 1), **OPTS)  # type: ignore[arg-type]
+    options = EvaluateOptions(seeds=(0, 1), arms=FOUR, **OPTS)  # type: ignore[arg-type]
     events: list[dict[str, Any]] = []
     ticks: list[tuple[int, int]] = []
     report = evaluate(
@@ -157,6 +160,8 @@ def test_simulated_crowd_uses_gold_and_beats_noise() -> None:
         (["--expert-count", "3,3"], "lists a count twice"),
         (["--expert-count", "3,x"], "comma-separated integers"),
         (["--steps-rule", "bogus"], "unknown --steps-rule"),
+        (["--crowd-source", "mturk"], "unknown --crowd-source"),
+        (["--crowd-source", "simulated", "--crowd-models", "careful"], "unknown crowd models"),
     ],
 )
 def test_cli_rejects_bad_options(tiny: Path, tmp_path: Path, args: list[str], message: str) -> None:
@@ -180,8 +185,12 @@ def test_cli_quick_writes_table(tiny: Path, tmp_path: Path) -> None:
          "--test-fraction", "0.25", "--device", "cpu"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "| (c) + synthetic |" in result.output
+    # the defaults: the assisted crowd (LiteMedSAM on PyTorch under --quick) and arm (e)
+    assert "| (c) + synthetic |" in result.output and "| (e) + assist alone |" in result.output
     assert (tmp_path / "table.md").is_file() and (tmp_path / "chart.png").is_file()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["crowd"] == "assisted" and summary["options"]["assist_backend"] == "torch"
+    assert summary["arms"]["crowd"]["volunteer_h"] > 0
 
 
 # -- --test DIR, several expert counts, the step rule ---------------------------------------
@@ -202,7 +211,8 @@ def held_out(isbi: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-SCALED = {**OPTS, "steps": 10, "steps_rule": "scaled", "epochs_min": 5.0, "expert_count": (2, 3)}
+SCALED = {**OPTS, "steps": 10, "steps_rule": "scaled", "epochs_min": 5.0, "expert_count": (2, 3),
+          "arms": FOUR}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
