@@ -375,6 +375,14 @@ def stand_in(kind: str, request: Any, user: Any) -> tuple[Any, int]:
         return [_me(user)], 200
     if kind == "no_tasks":
         return {"total_annotations": 0, "total_predictions": 0, "total": 0, "tasks": []}, 200
+    if kind == "no_version":
+        package = {
+            "version": "",
+            "latest_version_from_pypi": "",
+            "current_version_is_outdated": False,
+            "latest_version_upload_time": None,
+        }
+        return {"label-studio-os-package": package}, 200
     if kind == "no_label_links":
         return {"count": 0, "next": None, "previous": None, "results": []}, 200
     raise ValueError(f"unknown stand-in {kind!r}")

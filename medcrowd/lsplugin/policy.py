@@ -68,7 +68,9 @@ Filter = Literal[
 ]
 #: Answers the middleware gives itself, without calling Label Studio's view (the Data
 #: Manager's labelling stream asks for lists a volunteer must not read; it gets a stand-in).
-Answer = Literal["none", "one_view", "only_me", "no_tasks", "no_label_links", "next_task"]
+Answer = Literal[
+    "none", "one_view", "only_me", "no_tasks", "no_label_links", "next_task", "no_version"
+]
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ ALLOWED: dict[str, Rule] = {
     "^api/label_links/$": _rule("GET", check="project_query", answer="no_label_links"),
     "^api/projects/<int:pk>/label-stream-history/": _rule("GET", check="project"),
     "^api/dm/actions/": _rule("POST", check="project_query", answer="next_task"),
+    # every page asks for the version (an error toast if refused): no version is given away
+    "api/version/": _rule("GET", answer="no_version"),
     # -- own annotations, skips (cancelled annotations) and drafts ---------------------------
     "^api/tasks/<int:pk>/annotations/": _rule(
         "GET POST", check="task", filter="own_annotations", body="annotation"

@@ -694,6 +694,51 @@ def test_roles_client_and_cli(plugged: Plugged, world: World) -> None:
     assert refused.exit_code == 1
 
 
+def test_staff_tools_work_with_the_plugin(plugged: Plugged, world: World, tmp_path: Path) -> None:
+    """status, gold, pull, fuse and push, as staff run them, against Label Studio with the
+    plugin (the CLI with the admin's token; volunteers' brush masks on the other tasks)."""
+    from typer.testing import CliRunner
+
+    from medcrowd.cli import app
+    from medcrowd.gold import task_image_stem
+    from ml_backend.labeling import brush_result
+
+    admin = plugged.admin
+    others = [t for t in world.tasks if t != world.task_a]
+    square = np.zeros((32, 32), bool)
+    square[8:24, 8:24] = True
+    for i, task in enumerate(others):
+        for who, shift in ((world.a, 0), (world.b, 1)):
+            mask = np.roll(square, shift + i, axis=1)
+            admin.request(
+                "POST",
+                f"/api/tasks/{task}/annotations/",
+                json={"result": [brush_result(mask, "Organ")], "completed_by": who.id},
+            )
+    masks = tmp_path / "gold"
+    masks.mkdir()
+    data = {t.id: t.data for t in admin.tasks(world.project)}
+    stem = task_image_stem(str(data[others[0]]["image"]))
+    Image.fromarray(square.astype(np.uint8) * 255).save(masks / f"{stem}.png")
+    conn = ["--url", plugged.url, "--token", admin.token]
+    runner = CliRunner()
+    out = tmp_path / "pulled"
+    steps = [
+        ["status", "--project", str(world.project), "--json", *conn],
+        ["gold", "add", str(masks), "--project", str(world.project), *conn],
+        ["pull", str(out), "--project", str(world.project), *conn],
+        ["fuse", str(out), "--method", "majority"],
+        ["push", str(out), "--method", "majority", *conn],
+    ]
+    for argv in steps:
+        result = runner.invoke(app, argv, env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (argv[:2], result.output[-800:])
+    assert admin.has_ground_truth(others[0])
+    assert (out / "manifest.jsonl").is_file()
+    pushed = {p.model_version for t in others for p in admin.predictions(t)}
+    assert "consensus-majority" in pushed
+
+
 def test_zz_login_is_rate_limited(plugged: Plugged) -> None:
     """Last in the module: it spends this client IP's login budget for a minute."""
     client = httpx.Client(base_url=plugged.url, timeout=60.0)

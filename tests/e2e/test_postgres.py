@@ -239,7 +239,8 @@ def test_up_runs_label_studio_on_postgresql_and_reruns_idempotently(
     url = postgres.create_database("medcrowd", password, "labelstudio")
     data_dir = tmp_path / "medcrowd"
     ports = ["--port", str(free_port()), "--backend-port", str(free_port())]
-    base = ["--data-dir", str(data_dir), *ports]
+    # with medcrowd's roles plugin, as a hosted instance runs (its tables go to PostgreSQL too)
+    base = ["--data-dir", str(data_dir), *ports, "--roles"]
 
     first = _up(base, {"MEDCROWD_DATABASE_URL": url})  # the env var, as the docs advise
     out = first.stdout + first.stderr
@@ -257,6 +258,11 @@ def test_up_runs_label_studio_on_postgresql_and_reruns_idempotently(
     assert title == "medcrowd demo"
     assert rows("SELECT count(*) FROM task WHERE project_id = %s", project_id) == [(3,)]
     assert ("admin@medcrowd.local",) in rows("SELECT email FROM htx_user")
+    # … the plugin's migrations ran there, and it served the signup link from there …
+    assert "Volunteers sign up at " in first.stdout
+    applied = rows("SELECT name FROM django_migrations WHERE app = 'medcrowd_lsplugin'")
+    assert ("0001_initial",) in applied
+    assert rows("SELECT count(*) FROM medcrowd_lsplugin_invite")[0][0] >= 1
     # … and no SQLite database was created anywhere in the data directory.
     assert sorted(data_dir.rglob("*.sqlite3")) == []
     assert (data_dir / "label-studio").is_dir()  # media/exports still live there
