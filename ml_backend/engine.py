@@ -23,23 +23,35 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from ml_backend.config import BackendConfig
 from ml_backend.errors import InvalidInput
-from ml_backend.images import ImageFetcher
+from ml_backend.images import ImageFetcher, label_studio_auth_header
 from ml_backend.labeling import (
+    HINT_CONTROL,
     LabelingConfig,
     box_prompt_from_context,
     brush_result,
     parse_label_config,
 )
 
-__all__ = ["MAX_WARM_PENDING", "Engine", "ModelQueue", "build_engine", "load_predictor"]
+__all__ = [
+    "MAX_WARM_PENDING",
+    "PROPAGATED_PREFIX",
+    "PROPAGATE_SLICES",
+    "Engine",
+    "ModelQueue",
+    "build_engine",
+    "load_predictor",
+]
 
 log = logging.getLogger("ml_backend.engine")
 
@@ -47,6 +59,12 @@ T = TypeVar("T")
 
 MAX_WARM_PENDING = 4096
 """Most webhook embedding jobs waiting at once; further images are skipped (logged)."""
+
+PROPAGATED_PREFIX = "propagated-"
+"""Model-version prefix of the proposals stored on a volume's neighbouring slices."""
+
+PROPAGATE_SLICES = 8
+"""A submitted slice mask is propagated to at most this many slices on each side."""
 
 
 class ModelQueue:
@@ -151,6 +169,9 @@ class Engine:
         self.warmed = 0
         self._warm_pending = 0
         self._warm_lock = threading.Lock()
+        self.propagations: deque[dict[str, Any]] = deque(maxlen=256)
+        """What each submitted slice proposed: seed task, slice, proposed tasks and slices,
+        stop reasons (newest last)."""
 
     @property
     def model_version(self) -> str:
@@ -257,6 +278,195 @@ class Engine:
                 self.warmed += 1
         except Exception:  # a bad task must not kill the warmer; the log says which
             log.warning("could not precompute the embedding for %.200s", url, exc_info=True)
+
+    # -- 3-D propagation of a submitted slice ------------------------------------------
+    def propagate_submitted(self, body: dict[str, Any]) -> bool:
+        """Queue the propagation of an ``ANNOTATION_CREATED``/``UPDATED`` webhook's mask to
+        the neighbouring slices of its volume (background thread); False when the task was
+        not imported from a volume or carries nothing to propagate."""
+        task = body.get("task")
+        annotation = body.get("annotation")
+        if not isinstance(task, dict) or not isinstance(annotation, dict):
+            return False
+        data = task.get("data")
+        meta = data.get("medcrowd") if isinstance(data, dict) else None
+        if not isinstance(meta, dict) or not {"source", "axis", "index"} <= set(meta):
+            return False
+        if annotation.get("was_cancelled"):
+            return False
+        self.warmer.submit(self._propagate_logged, body)
+        return True
+
+    def _propagate_logged(self, body: dict[str, Any]) -> None:
+        try:
+            record = self.propagate_annotation(body)
+            if record is not None:
+                self.propagations.append(record)
+                log.info("propagated task %s to %s", record["task"], record["proposed_slices"])
+        except Exception:  # a bad webhook must not kill the worker thread; the log says why
+            log.warning("propagation failed", exc_info=True)
+
+    def propagate_annotation(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Propagate a submitted slice mask and store proposals on the neighbours' tasks.
+
+        Returns the record kept in :attr:`propagations`, or None when there is nothing to do.
+
+        Raises:
+            InvalidInput, UpstreamError: the payload, Label Studio or an image failed.
+        """
+        from ml_backend.propagation import Propagator
+        from ml_backend.rle import rle_to_mask
+
+        task, annotation = body["task"], body["annotation"]
+        meta = task["data"]["medcrowd"]
+        raw_project = body.get("project")
+        project: dict[str, Any] = raw_project if isinstance(raw_project, dict) else {}
+        project_id = project.get("id") or task.get("project")
+        xml = project.get("label_config")
+        if not isinstance(xml, str) or project_id is None:
+            raise InvalidInput("the webhook carries no project id / label_config")
+        config = parse_label_config(xml)
+        brushes = [
+            r
+            for r in annotation.get("result") or []
+            if isinstance(r, dict)
+            and r.get("type") == "brushlabels"
+            and r.get("from_name") != HINT_CONTROL
+            and isinstance(r.get("value"), dict)
+            and r["value"].get("format", "rle") == "rle"
+        ]
+        if not brushes:
+            return None
+        height = int(brushes[0]["original_height"])
+        width = int(brushes[0]["original_width"])
+        label = (brushes[0]["value"].get("brushlabels") or ["Organ"])[0]
+        seed = np.zeros((height, width), dtype=bool)
+        for region in brushes:
+            seed |= rle_to_mask(region["value"]["rle"], height, width)
+        if not seed.any():
+            return None
+        client = _StudioTasks(self.fetcher)
+        index = int(meta["index"])
+        by_index = {}
+        for other in client.project_tasks(int(project_id)):
+            other_meta = (other.get("data") or {}).get("medcrowd")
+            if (
+                isinstance(other_meta, dict)
+                and other_meta.get("source") == meta["source"]
+                and other_meta.get("axis") == meta["axis"]
+            ):
+                by_index[int(other_meta["index"])] = other
+        by_index[index] = task
+        indices = _contiguous(sorted(by_index), index, PROPAGATE_SLICES)
+        images = [self.fetcher.fetch(by_index[z]["data"][config.image_key]) for z in indices]
+        stack = np.stack([_gray_u8(im) for im in images])
+        if stack.shape[1:] != seed.shape:
+            raise InvalidInput(f"the mask is {width}×{height}, the slices {stack.shape[1:]}")
+        with self.lock:
+            result = Propagator(max_slices=PROPAGATE_SLICES).run(
+                self.predictor, stack, indices.index(index), None, seed_mask=seed
+            )
+        version = PROPAGATED_PREFIX + self.model_version
+        proposed = []
+        for local in result.proposed:
+            z = indices[local]
+            if z == index:
+                continue
+            target = int(by_index[z]["id"])
+            region = brush_result(result.masks[local], label, config.brush_name, config.image_name)
+            client.replace_prediction(target, version, [region], 1.0)
+            proposed.append({"task": target, "index": z, "pixels": int(result.masks[local].sum())})
+        return {
+            "task": task.get("id"),
+            "annotation": annotation.get("id"),
+            "source": meta["source"],
+            "axis": meta["axis"],
+            "index": index,
+            "model_version": version,
+            "proposed": proposed,
+            "proposed_slices": [p["index"] for p in proposed],
+            "stops": [s.reason for s in result.steps if not s.accepted],
+        }
+
+
+class _StudioTasks:
+    """The few Label Studio calls propagation needs: a project's tasks, a task's
+    predictions. The backend's own token and host (``ImageFetcher``'s)."""
+
+    def __init__(self, fetcher: ImageFetcher, timeout_s: float = 30.0) -> None:
+        if not fetcher.label_studio_url or not fetcher.token:
+            raise InvalidInput(
+                "propagation needs --label-studio-url and --label-studio-token to store proposals"
+            )
+        self.url = fetcher.label_studio_url
+        self.token = fetcher.token
+        self.timeout_s = timeout_s
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        from ml_backend.errors import UpstreamError
+
+        try:
+            with httpx.Client(timeout=self.timeout_s) as client:
+                headers = label_studio_auth_header(client, self.url, self.token)
+                resp = client.request(method, self.url + path, headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"Label Studio unreachable: {exc}") from exc
+        if resp.status_code >= 400 and not (method == "DELETE" and resp.status_code == 404):
+            raise UpstreamError(f"Label Studio answered {resp.status_code} to {method} {path}")
+        return resp.json() if resp.content and method != "DELETE" else None
+
+    def project_tasks(self, project_id: int) -> list[dict[str, Any]]:
+        tasks: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            body = self._call(
+                "GET",
+                "/api/tasks",
+                params={"project": project_id, "page": page, "page_size": 500, "fields": "all"},
+            )
+            batch = body.get("tasks", []) if isinstance(body, dict) else body or []
+            tasks.extend(batch)
+            total = body.get("total", len(tasks)) if isinstance(body, dict) else len(tasks)
+            if not batch or len(tasks) >= total:
+                return tasks
+            page += 1
+
+    def replace_prediction(
+        self, task_id: int, version: str, result: list[dict[str, Any]], score: float
+    ) -> None:
+        """Delete this task's earlier proposals (``propagated-``), then store the new one."""
+        existing = self._call("GET", "/api/predictions", params={"task": task_id}) or []
+        for old in existing:
+            if str(old.get("model_version") or "").startswith(PROPAGATED_PREFIX):
+                self._call("DELETE", f"/api/predictions/{old['id']}/")
+        self._call(
+            "POST",
+            "/api/predictions",
+            json={"task": task_id, "result": result, "model_version": version, "score": score},
+        )
+
+
+def _contiguous(indices: list[int], index: int, reach: int) -> list[int]:
+    """The run of consecutive slice indices around ``index``, at most ``reach`` each side."""
+    present = set(indices)
+    low = index
+    while low - 1 in present and index - (low - 1) <= reach:
+        low -= 1
+    high = index
+    while high + 1 in present and (high + 1) - index <= reach:
+        high += 1
+    return list(range(low, high + 1))
+
+
+def _gray_u8(image: Any) -> Any:
+    array = np.asarray(image)
+    if array.ndim == 3:
+        array = array[..., :3].mean(axis=2) if array.shape[2] >= 3 else array[..., 0]
+    if array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    return array
 
 
 def build_engine(config: BackendConfig, predictor: Any | None = None) -> Engine:

@@ -132,8 +132,9 @@ class Propagator:
         predictor: Any,
         slices: np.ndarray,
         index: int,
-        box_xyxy: Sequence[float],
+        box_xyxy: Sequence[float] | None,
         progress: Callable[[int, int], None] | None = None,
+        seed_mask: np.ndarray | None = None,
     ) -> Propagation:
         """Propagate the box on slice ``index`` through the stack.
 
@@ -145,6 +146,8 @@ class Propagator:
             index: the slice the box is on.
             box_xyxy: ``(x0, y0, x1, y1)`` XYXY pixel edges on that slice.
             progress: called as ``progress(done, total)`` after each slice.
+            seed_mask: ``(H, W) bool`` mask on slice ``index`` to start from instead of the
+                box's (a volunteer's submitted mask); ``box_xyxy`` is then ignored.
 
         Returns:
             The masks and one :class:`SliceStep` per slice tried.
@@ -165,13 +168,25 @@ class Propagator:
         total = depth
         done = 0
 
-        predictor.set_image(stack[index])
-        seed = predictor.predict(box=box_xyxy)  # validates the box (InvalidInput)
-        seed_mask = np.asarray(seed.mask, dtype=bool)
-        x0, y0, x1, y1 = (float(v) for v in np.asarray(box_xyxy, dtype=np.float64).reshape(4))
-        box0 = (x0, y0, x1, y1)
+        if seed_mask is not None:
+            seed_mask = np.asarray(seed_mask, dtype=bool)
+            if seed_mask.shape != (height, width):
+                raise InvalidInput(
+                    f"seed_mask must be {height}×{width} (H×W), got shape {seed_mask.shape}"
+                )
+            score = 1.0
+            box0 = _padded_box(seed_mask, 0.0, (height, width)) if seed_mask.any() else (0.0,) * 4
+        else:
+            if box_xyxy is None:
+                raise InvalidInput("give a box (or a seed mask) on the seed slice")
+            predictor.set_image(stack[index])
+            seed = predictor.predict(box=box_xyxy)  # validates the box (InvalidInput)
+            seed_mask = np.asarray(seed.mask, dtype=bool)
+            score = seed.score
+            x0, y0, x1, y1 = (float(v) for v in np.asarray(box_xyxy, dtype=np.float64).reshape(4))
+            box0 = (x0, y0, x1, y1)
         steps = [
-            SliceStep(index, box0, int(seed_mask.sum()), int(seed_mask.sum()), seed.score,
+            SliceStep(index, box0, int(seed_mask.sum()), int(seed_mask.sum()), score,
                       1.0, 1.0, bool(seed_mask.any()), "" if seed_mask.any() else "empty seed")
         ]  # fmt: skip
         done += 1

@@ -14,7 +14,11 @@ Endpoints, as Label Studio 1.23.2 calls them (the contract in DESIGN.md; the JSO
   unless a draft segmenter is configured (``draft_model``): then the call gets its
   whole-image mask as a ``draft-<hash>`` prediction (prompt-free pre-annotation).
 * ``POST /webhook`` → on ``TASKS_CREATED`` the embeddings of the new tasks' images are
-  computed in a background thread, so a volunteer's first box is already warm.
+  computed in a background thread, so a volunteer's first box is already warm. On
+  ``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED`` for a task imported from a volume
+  (``data.medcrowd`` from ``medcrowd import``), the submitted brush mask is propagated to
+  the neighbouring slices in the background and stored on their tasks as ``propagated-…``
+  predictions (:meth:`~ml_backend.engine.Engine.propagate_annotation`).
 
 Every route but ``/health`` needs HTTP Basic auth (Label Studio's ``auth_method=BASIC``)
 unless the server is bound to loopback with no credentials configured; that includes
@@ -342,6 +346,9 @@ def create_app(config: BackendConfig, predictor: Any | None = None) -> _BodyLimi
                     image_key = None
             if isinstance(tasks, list):
                 queued = engine.warm_tasks(tasks, image_key)
+        elif action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            # a submitted slice of an imported volume: propose masks on its neighbours
+            queued = int(engine.propagate_submitted(body))
         return {"status": "ok", "action": action if isinstance(action, str) else None,
                 "queued": queued}  # fmt: skip
 
