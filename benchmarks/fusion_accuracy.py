@@ -11,8 +11,9 @@ Crowds (benchmarks/crowd_models.py): a pool of 20 annotators, ``spam`` % of them
 (blobs / random alternating), the rest cycling good, sloppy, dilate, erode, miss_small.
 Sparse assignment: every task gets 3–15 annotators drawn at random from the pool. The
 first 2 tasks of a dataset are gold tasks (used by WeightedVote and CrowdStaple+gold
-only); Dice is averaged over the other tasks. Baselines on the same input: SimpleITK
-STAPLE (per task) and crowd-kit SegmentationMajorityVote / RASA / EM.
+only); Dice is averaged over the other tasks. ``CrowdStaple anchor=0`` is the algorithm
+before the unanimous-row anchor (docs/fusion.md), run on the same crowds. Baselines on the
+same input: SimpleITK STAPLE (per task) and crowd-kit SegmentationMajorityVote / RASA / EM.
 """
 
 from __future__ import annotations
@@ -154,6 +155,8 @@ def run_methods(
         "WeightedVote+gold": weighted,
         "Staple": lambda ts, _: [Staple().fit_predict(m).mask for m in ts],
         "CrowdStaple": lambda ts, an: CrowdStaple().fit_predict(ts, an).masks,
+        # the algorithm before the unanimous-row anchor (kept as the comparison in every run)
+        "CrowdStaple anchor=0": lambda ts, an: CrowdStaple(anchor=0.0).fit_predict(ts, an).masks,
         "CrowdStaple(all vox)": lambda ts, an: (
             CrowdStaple(disagreement_only=False).fit_predict(ts, an).masks
         ),
@@ -220,14 +223,23 @@ def main() -> None:
     methods = [k for k in results[0] if k not in ("data", "spam%", "seed")]
     print()
     print("Mean Dice vs expert over non-gold tasks")
-    header = f"{'data':<10} {'spam':>4} " + " ".join(f"{m[:14]:>14}" for m in methods)
+    header = f"{'data':<10} {'spam':>4} " + " ".join(f"{m[:20]:>20}" for m in methods)
     print(header)
     for row in results:
         cells = " ".join(
-            f"{row[m]:>14.4f}" if isinstance(row.get(m), float) else f"{'':>14}" for m in methods
+            f"{row[m]:>20.4f}" if isinstance(row.get(m), float) else f"{'':>20}" for m in methods
         )
         print(f"{row['data']!s:<10} {row['spam%']!s:>4} {cells}")
+    everywhere = [m for m in methods if all(isinstance(r.get(m), float) for r in results)]
+    means = {m: float(np.mean([r[m] for r in results])) for m in everywhere}  # type: ignore[misc]
+    print(
+        f"{'mean of':<10} {len(results):>4} "
+        + " ".join(f"{means[m]:>20.4f}" if m in means else f"{'':>20}" for m in methods)
+    )
     print()
+    gaps = [float(r["CrowdStaple"]) - float(r["CrowdStaple anchor=0"]) for r in results]  # type: ignore[arg-type]
+    worst = min(gaps)
+    print(f"CrowdStaple - CrowdStaple anchor=0 (the old algorithm): worst setting {worst:+.4f}")
     ours = "CrowdStaple"
     for row in results:
         if row["spam%"] == 0:

@@ -1,6 +1,7 @@
 """Fusion methods on REAL multi-rater data (no simulated annotators).
 
-Run: ``python benchmarks/fusion_real.py [--out results.json] [--skip-crowd] [--no-crowdkit]``
+Run: ``python benchmarks/fusion_real.py [--out results.json] [--skip-crowd] [--no-crowdkit]
+[--subsets 5]``
 
 Data (``MEDCROWD_SHARED_DATA``, default ``../shared/data``; see its README.md):
 
@@ -8,10 +9,12 @@ Data (``MEDCROWD_SHARED_DATA``, default ``../shared/data``; see its README.md):
   with one Amira and one ImageJ mask per image). Inputs: the **Amira** masks of 3 of the 5
   people (one mask per person); reference: the pixels where >= 3 of the 4 masks (Amira +
   ImageJ) of the **other two** people are foreground. All C(5,3) = 10 subsets per image, so
-  inputs and reference never share a person. CrowdStaple runs once per subset over every
-  image of the split, with the person as the annotator id (its parameters are shared across
-  images, which is its point). Splits: ``dev`` = B01-B17 (the only images anything in
-  ``fusion`` was chosen on), ``test`` = B18-B35 (held out), ``all`` = B01-B35.
+  inputs and reference never share a person (``--subsets 5``: every second subset, each
+  person in 3 of them, for every method alike: the crowd-kit run). CrowdStaple runs once
+  per subset over every image of the split, with the person as the annotator id (its
+  parameters are shared across images, which is its point). Splits: ``dev`` = B01-B17
+  (the only images anything in ``fusion`` was chosen on), ``test`` = B18-B35 (held out),
+  ``all`` = B01-B35.
 * DRIVE test (14 fundus images, 2 raters). With 2 raters there is no held-out reference,
   so each fusion of (manual1, manual2) is scored by its Dice with each rater and the mean
   of the two, inside the field of view (FOV) only; the raters themselves are listed as
@@ -33,10 +36,11 @@ Data (``MEDCROWD_SHARED_DATA``, default ``../shared/data``; see its README.md):
 
 Methods: MajorityVote, Staple (per image), WeightedVote (weights: each rater's Dice with
 the leave-one-out majority of the others, ``fusion.consensus_scores``, no gold),
-CrowdStaple (defaults), and crowd-kit's SegmentationMajorityVote / RASA / EM (``ck``; run
+CrowdStaple (defaults), CrowdStaple ``anchor=0`` (the algorithm before the unanimous-row
+anchor), and crowd-kit's SegmentationMajorityVote / RASA / EM (``ck``; run
 on each image's foreground bounding box + 32 px for speed, pasted back). ``--hypotheses``
-adds the CrowdStaple variants of docs/fusion.md (old default ``anchor=0``, all voxels, no
-truncation, per image, threshold 0.9, other anchors).
+adds the CrowdStaple variants of docs/fusion.md (``anchor=0`` with all voxels, no
+truncation, per image, threshold 0.9; other anchors).
 Prints a markdown table per setting: mean Dice ± std over (image, subset) pairs and the
 mean area ratio (fused / reference).
 """
@@ -186,7 +190,6 @@ def hypotheses() -> dict[str, Method]:
         return lambda ts, an: CrowdStaple(**kw).fit_predict(ts, an).masks
 
     return {
-        "CS anchor=0 (old default)": crowd(anchor=0.0),
         "CS anchor=0 all voxels": crowd(anchor=0.0, disagreement_only=False),
         "CS anchor=0 no truncation": crowd(anchor=0.0, truncation=False),
         "CS anchor=0 per image": _per_image(anchor=0.0),
@@ -203,6 +206,8 @@ def methods(with_crowdkit: bool) -> dict[str, Method]:
         "Staple": lambda ts, _: [Staple().fit_predict(m).mask for m in ts],
         "WeightedVote": _weighted,
         "CrowdStaple": lambda ts, an: CrowdStaple().fit_predict(ts, an).masks,
+        # the algorithm before the unanimous-row anchor, for comparison
+        "CrowdStaple anchor=0": lambda ts, an: CrowdStaple(anchor=0.0).fit_predict(ts, an).masks,
     }
     if with_crowdkit:
         for name in ("MV", "RASA", "EM"):
@@ -227,7 +232,20 @@ def _pooled(name: str) -> bool:
     return (name.startswith("CS") or name.startswith("CrowdStaple")) and "per image" not in name
 
 
-def bubil_experts(experts: list[np.ndarray], algos: dict[str, Method]) -> dict[str, object]:
+def person_subsets(n: int) -> list[tuple[int, ...]]:
+    """``n`` of the 10 subsets of 3 of the 5 people: all of them for 10; for 5, every second
+    one in ``itertools.combinations`` order (each person is in exactly 3 of those 5)."""
+    every = list(itertools.combinations(range(PEOPLE), 3))
+    if n == len(every):
+        return every
+    if n == 5:
+        return every[::2]
+    raise ValueError(f"--subsets must be 5 or 10, got {n}")
+
+
+def bubil_experts(
+    experts: list[np.ndarray], algos: dict[str, Method], n_subsets: int = 10
+) -> dict[str, object]:
     """Per (image, subset): Dice and area ratio of every method (see the module doc)."""
     dices: dict[str, dict[str, list[float]]] = {sp: {} for sp in SPLITS}
     areas: dict[str, dict[str, list[float]]] = {sp: {} for sp in SPLITS}
@@ -236,7 +254,7 @@ def bubil_experts(experts: list[np.ndarray], algos: dict[str, Method]) -> dict[s
         dices[split].setdefault(name, []).append(dice(fused, ref))
         areas[split].setdefault(name, []).append(float(fused.sum() / ref.sum()))
 
-    for subset in itertools.combinations(range(PEOPLE), 3):
+    for subset in person_subsets(n_subsets):
         rest = [p for p in range(PEOPLE) if p not in subset]
         tasks = [e[[2 * p for p in subset]] for e in experts]
         refs = [e[[2 * p + t for p in rest for t in (0, 1)]].sum(axis=0) >= 3 for e in experts]
@@ -389,6 +407,14 @@ def main() -> None:
         "--hypotheses", action="store_true", help="add the CrowdStaple diagnostic variants"
     )
     parser.add_argument("--skip-crowd", action="store_true", help="skip the MTurk crowd setting")
+    parser.add_argument(
+        "--subsets",
+        type=int,
+        default=10,
+        choices=(5, 10),
+        help="BU-BIL experts: person subsets to fuse, 10 (all) or 5 (every second; each "
+        "person in 3), for every method alike (crowd-kit's EM needs ~2 s per image)",
+    )
     args = parser.parse_args()
     root = data_root()
     if not (root / "bubil_cells").is_dir():
@@ -399,10 +425,12 @@ def main() -> None:
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     experts = load_bubil_experts(root)
-    results["bubil_experts"] = bubil_experts(experts, algos)
+    results["bubil_experts"] = bubil_experts(experts, algos, args.subsets)
+    results["subsets"] = args.subsets
     for split in SPLITS:
         _print_table(
-            f"bubil experts, 3 of 5 people (Amira), ref = other 2 people >= 3/4, split {split}",
+            f"bubil experts, 3 of 5 people (Amira), {args.subsets} of 10 subsets, "
+            f"ref = other 2 people >= 3/4, split {split}",
             results["bubil_experts"][split],
         )
     results["drive"] = drive_pair(load_drive(root), algos)

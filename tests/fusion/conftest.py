@@ -35,3 +35,15 @@ def load_drive_pair(drive_test_dir: Path):  # type: ignore[no-untyped-def]
         return m1 > 0, m2 > 0
 
     return load
+
+
+@pytest.fixture(scope="session")
+def shared_data_isbi() -> list[np.ndarray]:
+    """The first 30 ISBI 2012 membrane masks (``label == 0``), (512, 512) bool, in the
+    order of ``benchmarks/fusion_accuracy.py``; skips if absent."""
+    image_mod = pytest.importorskip("PIL.Image")
+    folder = _shared_data() / "isbi2012_em" / "train" / "label"
+    if not folder.is_dir():
+        pytest.skip(f"ISBI 2012 labels not found at {folder} (set MEDCROWD_SHARED_DATA)")
+    files = sorted(folder.glob("*.png"), key=lambda p: int(p.stem))[:30]
+    return [np.array(image_mod.open(p)) == 0 for p in files]

@@ -207,3 +207,69 @@ def test_anchor_is_validated() -> None:
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="anchor"):
             CrowdStaple(anchor=bad)
+
+
+def test_anchor_share_is_each_annotators_small_task_share() -> None:
+    """The anchor weight of an annotator = its share of disagreement voxels on tasks with
+    <= 3 raters: 1 for annotators seen only there, 0 for those seen only on larger tasks."""
+    tasks, anns, _ = _crowd(1, 6, {"a": 0.1, "b": 0.2, "c": 0.3}, per_task=3)
+    big, big_anns, _ = _crowd(2, 6, {k: 0.15 for k in "cdefgh"}, per_task=5)
+    model = CrowdStaple()
+    model.fit_predict(tasks + big, anns + big_anns)
+    share = dict(zip(model.annotators_, model.anchor_share_, strict=True))
+    assert share["a"] == share["b"] == 1.0
+    assert all(share[k] == 0.0 for k in "defgh" if k in share)
+
+    def dis_votes(ts: list[np.ndarray], ids: list[list[str]]) -> float:
+        out = 0.0
+        for m, who in zip(ts, ids, strict=True):
+            if "c" in who:
+                n_fg = m.sum(axis=0)
+                out += float(((n_fg > 0) & (n_fg < m.shape[0])).sum())
+        return out
+
+    small, large = dis_votes(tasks, anns), dis_votes(big, big_anns)
+    assert 0 < share["c"] < 1
+    assert share["c"] == pytest.approx(small / (small + large))
+
+
+def test_task_prior_is_the_posterior_mean_over_disagreement_voxels() -> None:
+    """With the anchor, the prior of a 3-rater task is still estimated on its disagreement
+    voxels only (what the truncated E-step assumes): the unanimous voxels do not pull it."""
+    tasks, anns, _ = _crowd(3, 5, {"a": 0.05, "b": 0.1, "c": 0.3}, per_task=3)
+    model = CrowdStaple(tol=1e-12, max_iter=500)
+    res = model.fit_predict(tasks, anns)
+    for t, m in enumerate(tasks):
+        n_fg = m.sum(axis=0)
+        dis = (n_fg > 0) & (n_fg < 3)
+        # the prior the last E-step used, against the posterior it produced: equal at the
+        # fixed point
+        assert model.task_prior_[t] == pytest.approx(res.probabilities[t][dis].mean(), abs=1e-5)
+
+
+@pytest.mark.parametrize(("spam_pct", "seed"), [(20, 2024), (40, 4044)])
+def test_anchor_costs_nothing_on_real_masks_with_spammer_crowds(
+    shared_data_isbi: list[np.ndarray], spam_pct: int, seed: int
+) -> None:
+    """The ISBI spammer crowds of ``benchmarks/fusion_accuracy.py`` (30 membrane masks,
+    20 annotators, 3-15 per task): the anchor must not cost Dice against the pure
+    disagreement-only estimate (``anchor=0``). Before its anchor share and the
+    disagreement-only task prior it cost 0.0016 (20 %) and 0.0098 (40 %)."""
+    from fusion.crowd_models import simulate_crowd
+
+    honest = ["good", "sloppy", "dilate", "erode", "miss_small"]
+    n_spam = round(20 * spam_pct / 100)
+    kinds = [("spammer_blobs", "spammer_random")[i % 2] for i in range(n_spam)]
+    kinds += [honest[i % 5] for i in range(20 - n_spam)]
+    rng = np.random.default_rng(seed)
+    tasks, anns = [], []
+    for t, expert in enumerate(shared_data_isbi):
+        k = int(rng.integers(3, 16))
+        chosen = sorted(int(a) for a in rng.choice(20, k, replace=False))
+        tasks.append(simulate_crowd(expert, [kinds[a] for a in chosen], seed=seed * 1000 + t))
+        anns.append(chosen)
+    new = CrowdStaple().fit_predict(tasks, anns).masks
+    old = CrowdStaple(anchor=0).fit_predict(tasks, anns).masks
+    d_new = np.mean([dice(f, e) for f, e in zip(new[2:], shared_data_isbi[2:], strict=True)])
+    d_old = np.mean([dice(f, e) for f, e in zip(old[2:], shared_data_isbi[2:], strict=True)])
+    assert d_new >= d_old - 0.0005
