@@ -32,15 +32,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ml_backend.clicks import ClickMemory
 from ml_backend.config import BackendConfig
 from ml_backend.errors import InvalidInput
 from ml_backend.images import ImageFetcher, label_studio_auth_header
 from ml_backend.labeling import (
     HINT_CONTROL,
     LabelingConfig,
-    box_prompt_from_context,
     brush_result,
     parse_label_config,
+    prompt_from_context,
 )
 
 __all__ = [
@@ -169,6 +170,12 @@ class Engine:
         self.warmed = 0
         self._warm_pending = 0
         self._warm_lock = threading.Lock()
+        self.clicks = ClickMemory(max_regions=256)
+        """Previous logits per (task, annotator, region), for refinement clicks."""
+        self.feed_logits = bool(getattr(predictor, "refines_with_logits", True))
+        """Whether a click is answered with the region's previous logits as ``mask_input``
+        (the predictor's ``refines_with_logits``: False for the stock LiteMedSAM, which
+        was never trained with a mask prompt and gets worse with it)."""
         self.propagations: deque[dict[str, Any]] = deque(maxlen=256)
         """What each submitted slice proposed: seed task, slice, proposed tasks and slices,
         stop reasons (newest last)."""
@@ -221,12 +228,26 @@ class Engine:
         _check_rectangle_numbers(context)
         image = self.fetcher.fetch(data[config.image_key])
         height, width = image.shape[:2]
-        prompt = box_prompt_from_context(context, config, width, height)
+        prompt = prompt_from_context(context, config, width, height)
         if prompt is None:
             return []
+        annotator = context.get("annotator") or context.get("user") or context.get("user_id")
+        key = (str(task.get("id", "")), str(annotator or ""), prompt.region)
         with self.lock:
             self.predictor.set_image(image)
-            mask, score = self.predictor.predict_box(list(prompt.box_xyxy))
+            if not prompt.points and prompt.box_xyxy is not None:
+                # a box alone starts (or restarts) the region: box → mask as always
+                answer = self.predictor.predict(box=list(prompt.box_xyxy))
+            else:
+                previous = self.clicks.get(key) if self.feed_logits else None
+                answer = self.predictor.predict(
+                    box=list(prompt.box_xyxy) if prompt.box_xyxy is not None else None,
+                    points=[list(p) for p in prompt.points],
+                    labels=list(prompt.labels),
+                    mask_input=previous,
+                )
+            self.clicks.put(key, answer.logits)
+        mask, score = answer.mask, answer.score
         result = brush_result(mask, prompt.label, config.brush_name, config.image_name)
         result["score"] = float(score)
         return {"result": [result], "score": float(score), "model_version": self.model_version}
@@ -553,7 +574,7 @@ def _check_rectangle_numbers(context: dict[str, Any]) -> None:
     """Rectangle coordinates must be finite JSON numbers, before any arithmetic on them."""
     regions = context.get("result")
     if not isinstance(regions, list):
-        return  # box_prompt_from_context says what is wrong
+        return  # prompt_from_context says what is wrong
     for region in regions:
         if not isinstance(region, dict) or region.get("type") != "rectanglelabels":
             continue

@@ -515,11 +515,16 @@ class LiteMedSAMPredictor(_CachedPredictor):
     and picks ONNX Runtime or PyTorch for the encoder and the decoder.
 
     Attributes:
+        refines_with_logits: False: the backend answers refinement clicks without feeding the
+            previous logits back (the MedSAM authors never trained LiteMedSAM with a mask
+            prompt; on the 30 SAM-Med2D masks it drops Dice, see docs/interactive.md).
         encoder_backend: ``"onnx"`` or ``"torch"``.
         decoder_backend: ``"onnx"`` or ``"torch"``, whichever measured faster at load time.
         decoder_ms: median decoder time per backend measured at load time (ms).
         checkpoint_sha256: SHA-256 of the loaded checkpoint.
     """
+
+    refines_with_logits = False
 
     def __init__(
         self,
