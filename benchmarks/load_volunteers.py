@@ -486,6 +486,10 @@ def run_point(
         _wait_for_files(cache_dir / "embeddings", before + tasks, timeout_s=30 + 10 * tasks)
     else:
         ml_id = admin.connect_backend(pid, backend.url, backend.basic_auth)
+    if args.no_prelabel:
+        # "Use predictions to pre-label tasks" off: /next no longer makes Label Studio call
+        # the backend's /predict for the task (it answers [] anyway without a draft model)
+        admin.request("PATCH", f"/api/projects/{pid}/", json={"show_collab_predictions": False})
     step(f"signing up (or reusing) {args.volunteers} volunteers")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     models = [models[i % len(models)] for i in range(args.volunteers)]
@@ -821,6 +825,11 @@ def main() -> None:
     ap.add_argument("--ls-workers", type=int, default=2, help="gunicorn processes")
     ap.add_argument("--ls-threads", type=int, default=8, help="gunicorn threads per process")
     ap.add_argument("--no-wal", action="store_true", help="leave SQLite in rollback-journal mode")
+    ap.add_argument(
+        "--no-prelabel",
+        action="store_true",
+        help="turn the project's 'use predictions to pre-label' off (a cheaper /next)",
+    )
     ap.add_argument("--predictor", default="litemedsam")
     ap.add_argument(
         "--prewarm",

@@ -254,6 +254,26 @@ def decoder_compute(
     }
 
 
+def analyse(phases: list[dict[str, Any]], roots: Any, out: Path, tag: str) -> dict[str, Any]:
+    """CPU-ms per request per stage (py-spy shares × /proc CPU) and the flame graphs."""
+    stages: dict[str, Any] = {}
+    for ph in phases:
+        for tree in roots:
+            stacks_file = out / f"stacks-{ph['phase']}-{tree}{tag}.txt"
+            if not stacks_file.exists():
+                continue
+            stacks = read_stacks(stacks_file)
+            rules = BACKEND_STAGES if tree == "backend" else LS_STAGES
+            shares, idle = stage_shares(stacks, rules)
+            cpu = ph["cpu_ms_per_request"][tree]
+            stages[f"{ph['phase']}/{tree}"] = {s: round(v * cpu, 1) for s, v in shares.items()} | {
+                "(idle-wait samples set apart, %)": round(100 * idle, 1)
+            }
+            title = f"{tree}, {ph['phase']} ({ph['requests']} requests, {cpu} CPU-ms each)"
+            write_svg(stacks, out / f"flame-{ph['phase']}-{tree}{tag}.svg", title)
+    return stages
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--ls-server", default="dev", choices=["dev", "gunicorn"])
@@ -271,7 +291,24 @@ def main() -> None:
     ap.add_argument("--model-cache", default=None, help="folder for the exported ONNX models")
     ap.add_argument("--out-dir", default="profile-out")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument(
+        "--analyse",
+        default=None,
+        metavar="JSON",
+        help="only redo the stages and flame graphs of an earlier run (its profile JSON)",
+    )
     args = ap.parse_args()
+    if args.analyse:
+        path = Path(args.analyse)
+        if not path.is_file():
+            raise SystemExit(f"error: no such file: {path}")
+        result = json.loads(path.read_text())
+        tag = path.stem.removeprefix("profile")
+        trees = ("label_studio", "backend")
+        result["cpu_ms_per_request_by_stage"] = analyse(result["phases"], trees, path.parent, tag)
+        path.write_text(json.dumps(result, indent=2))
+        print(json.dumps(result["cpu_ms_per_request_by_stage"], indent=1))
+        return
     data = Path(os.environ.get("MEDCROWD_SHARED_DATA", REPO.parent / "shared" / "data"))
     if not (data / "sammed2d_demo").is_dir():
         raise SystemExit(f"error: sammed2d_demo not found under {data}; set MEDCROWD_SHARED_DATA")
@@ -424,23 +461,7 @@ def main() -> None:
             threads = args.backend_threads if args.backend_threads is not None else 0
             result["decoder"] = decoder_compute(img, calls[0][1], threads, cache_dir, k)
         if args.py_spy:
-            stages: dict[str, Any] = {}
-            for ph in phases:
-                for tree in roots:
-                    stacks_file = out / f"stacks-{ph['phase']}-{tree}{tag}.txt"
-                    if not stacks_file.exists():
-                        continue
-                    stacks = read_stacks(stacks_file)
-                    rules = BACKEND_STAGES if tree == "backend" else LS_STAGES
-                    shares, idle = stage_shares(stacks, rules)
-                    cpu = ph["cpu_ms_per_request"][tree]
-                    stages[f"{ph['phase']}/{tree}"] = {
-                        s: round(v * cpu, 1) for s, v in shares.items()
-                    } | {"(idle-wait samples set apart, %)": round(100 * idle, 1)}
-                    write_svg(stacks, out / f"flame-{ph['phase']}-{tree}{tag}.svg",
-                              f"{tree}, {ph['phase']} ({ph['requests']} requests, "
-                              f"{cpu} CPU-ms each)")  # fmt: skip
-            result["cpu_ms_per_request_by_stage"] = stages
+            result["cpu_ms_per_request_by_stage"] = analyse(phases, roots, out, tag)
         result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         path = out / f"profile{tag}.json"
         path.write_text(json.dumps(result, indent=2))

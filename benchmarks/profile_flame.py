@@ -82,9 +82,14 @@ def stage_shares(
 
 
 def write_svg(
-    stacks: list[tuple[list[str], int]], out: Path, title: str, width: int = 1200
+    stacks: list[tuple[list[str], int]],
+    out: Path,
+    title: str,
+    width: int = 1200,
+    min_px: float = 1.0,
 ) -> None:
-    """A flame graph (root at the bottom); hover a frame for its samples and share."""
+    """A flame graph (root at the bottom); hover a frame for its samples and share. Frames
+    narrower than ``min_px`` are left out (with their children)."""
     tree: dict[str, object] = {"n": 0, "kids": {}}
     for frames, count in stacks:
         node = tree
@@ -102,7 +107,7 @@ def write_svg(
         for name, kid in sorted(kids.items()):
             n = int(kid["n"])  # type: ignore[call-overload]
             w = width * n / total
-            if w >= 0.5:
+            if w >= min_px:
                 rects.append((x, depth, w, name, n))
                 depth_max = max(depth_max, depth)
                 walk(kid, x, depth + 1)
