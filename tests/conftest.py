@@ -68,6 +68,9 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioHan
         password=secrets.token_urlsafe(12),
         token=secrets.token_hex(20),
         port=free_port(),
+        # MEDCROWD_TEST_ROLES=1 runs the session's Label Studio with medcrowd's roles plugin,
+        # as `medcrowd up` does (docs/security.md lists the tests that assume stock rights)
+        roles=os.environ.get("MEDCROWD_TEST_ROLES", "") == "1",
     )
     proc.start()
     try:

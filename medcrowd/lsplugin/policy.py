@@ -149,8 +149,10 @@ ALLOWED: dict[str, Rule] = {
     "^api/label_links/$": _rule("GET", check="project_query", answer="no_label_links"),
     "^api/projects/<int:pk>/label-stream-history/": _rule("GET", check="project"),
     "^api/dm/actions/": _rule("POST", check="project_query", answer="next_task"),
-    # every page asks for the version (an error toast if refused): no version is given away
-    "api/version/": _rule("GET", answer="no_version"),
+    # every page asks for /api/version (an error toast if refused): no version is given
+    # away. Label Studio's ``re_path(r"version/")`` is unanchored, so it is the route of both
+    # /version/ and /api/version/.
+    "version/": _rule("GET", answer="no_version"),
     # -- own annotations, skips (cancelled annotations) and drafts ---------------------------
     "^api/tasks/<int:pk>/annotations/": _rule(
         "GET POST", check="task", filter="own_annotations", body="annotation"

@@ -69,6 +69,13 @@ def test_up_serves_reuses_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert len(tasks) == 3  # pydicom's CT (two windows) and MR slices
         (ml,) = list(studio.client.ml.list(project=project_id))
         assert ml.is_interactive and ml.state == "CO"
+        # roles are on by default: Label Studio runs with medcrowd's plugin, the admin is
+        # staff, volunteers get the signup link and the instructions before the first task
+        roles = studio.request("GET", "/medcrowd/api/roles/").json()["users"]
+        assert [r["role"] for r in roles if r["email"] == creds.email] == ["staff"]
+        assert "Volunteers sign up at http://127.0.0.1:" in out
+        project = studio.request("GET", f"/api/projects/{project_id}/").json()
+        assert project["show_instruction"] and "Drag a box" in project["expert_instruction"]
         # the other commands find this instance from its data directory alone
         assert read_instance(data_dir) == Instance(f"http://127.0.0.1:{ls_port}", creds.token)
         assert oct((data_dir / "instance.json").stat().st_mode & 0o777) == "0o600"
@@ -102,3 +109,9 @@ def test_up_serves_reuses_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert "0 tasks imported, 3 already there" in rerun.stdout
     assert creds.password not in rerun.stdout
     assert _closed(ls_port) and _closed(be_port)
+    # --no-roles: stock Label Studio (no plugin pages), and up says what that means
+    stock = subprocess.run(
+        [*cmd, "--no-wait", "--no-roles"], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert stock.returncode == 0, stock.stdout + stock.stderr
+    assert "Roles are off (--no-roles)" in stock.stdout
