@@ -143,3 +143,42 @@ def test_import_webhook_precomputes_embeddings(
     # The webhook really needs the Basic credentials Label Studio was given.
     resp = httpx.post(f"{backend.url}/webhook", json={"action": "TASKS_CREATED"})
     assert resp.status_code == 401
+
+
+def test_box_then_a_negative_click_through_label_studio_then_submit(
+    project: dict[str, Any], shared_data: Path, litemedsam: Any
+) -> None:
+    """The click flow as the UI drives it: a box, then an Alt-click (``is_positive`` false)
+    on a wrongly included part; Label Studio forwards the keypoint, the mask updates; the
+    volunteer submits it. (The browser drives the same API; this test calls it directly.)"""
+    studio: Studio = project["studio"]
+    organ = next(o for o in sammed2d_masks(shared_data) if o.mask_path.stem.endswith("liver_000"))
+    image, gt = organ.load()
+    height, width = gt.shape
+    task_id = project["tasks"][organ.image_path.stem]
+    box = tight_box(gt)
+    context = box_context(box, width, height)
+    first = studio.interactive_predict(project["ml_id"], task_id, context)
+    first_mask = rle_to_mask(first["data"]["result"][0]["value"]["rle"], height, width)
+    wrong = first_mask & ~gt
+    rows, cols = np.nonzero(wrong if wrong.any() else first_mask)
+    x, y = float(cols[0]) + 0.5, float(rows[0]) + 0.5
+    keypoint = {
+        "original_width": width, "original_height": height, "image_rotation": 0,
+        "from_name": "click", "to_name": "image", "type": "keypointlabels",
+        "is_positive": False,
+        "value": {"x": 100.0 * x / width, "y": 100.0 * y / height, "width": 0.5,
+                  "keypointlabels": ["Organ"]},
+    }  # fmt: skip
+    second = studio.interactive_predict(
+        project["ml_id"], task_id, {"result": [*context["result"], keypoint]}
+    )
+    assert "errors" not in second, second
+    brush = second["data"]["result"][0]
+    mask = rle_to_mask(brush["value"]["rle"], height, width)
+    assert not np.array_equal(mask, first_mask), "the negative click did not change the mask"
+    litemedsam.set_image(image)
+    expected = litemedsam.predict(box=box, points=[[x, y]], labels=[0])
+    np.testing.assert_array_equal(mask, expected.mask)
+    annotation_id = studio.create_annotation(task_id, [brush])
+    assert annotation_id > 0

@@ -17,9 +17,11 @@ from ml_backend.labeling import (
     HINT_CONTROL,
     BoxPrompt,
     LabelingConfig,
+    Prompt,
     box_prompt_from_context,
     brush_result,
     parse_label_config,
+    prompt_from_context,
 )
 from ml_backend.rle import rle_to_mask
 from tests.helpers import XML
@@ -31,6 +33,7 @@ CONFIG = LabelingConfig(
     brush_name="mask",
     brush_labels=("Organ", "Lesion", "Vessel"),
     box_name="box",
+    keypoint_name="click",
 )
 
 
@@ -167,3 +170,78 @@ def test_brush_result_round_trips_the_mask() -> None:
     assert (region["original_width"], region["original_height"]) == (5, 3)
     assert region["value"]["brushlabels"] == ["Lesion"] and region["value"]["format"] == "rle"
     np.testing.assert_array_equal(rle_to_mask(region["value"]["rle"], 3, 5), mask)
+
+
+# -- clicks: keypoints beside the box ------------------------------------------------------------
+def click(x: Any, y: Any, positive: Any = True, label: str = "Organ") -> dict[str, Any]:
+    """One ``keypointlabels`` region as Label Studio's SAM example sends it."""
+    region: dict[str, Any] = {
+        "from_name": "click",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "original_width": W,
+        "original_height": H,
+        "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": [label]},
+    }
+    if positive is not None:
+        region["is_positive"] = positive
+    return region
+
+
+def prompt(*regions: dict[str, Any]) -> Prompt | None:
+    return prompt_from_context({"result": list(regions)}, CONFIG, W, H)
+
+
+def test_the_shipped_config_has_the_click_control() -> None:
+    from medcrowd.settings import config_path
+
+    config = parse_label_config(config_path("labeling_box_brush.xml").read_text())
+    assert config.keypoint_name == "click"
+    assert config.box_name == "box"
+    without = parse_label_config(XML.replace("KeyPointLabels", "KeyPointLabelz"))
+    assert without.keypoint_name is None  # clicks stay optional
+
+
+def test_box_and_every_click_in_pixels_with_their_sign() -> None:
+    got = prompt(rect(10, 20, 50, 30), click(25, 50), click(40, 30, positive=False))
+    assert got is not None
+    assert got.box_xyxy == (20.0, 20.0, 120.0, 50.0)
+    assert got.points == ((50.0, 50.0), (80.0, 30.0))  # 1 % = 2 px across, 1 px down
+    assert got.labels == (1, 0)
+    assert got.label == "Organ"
+    assert got.region.startswith("box:")
+
+
+def test_a_click_without_is_positive_is_positive_and_clicks_alone_are_a_prompt() -> None:
+    got = prompt(click(50, 50, positive=None, label="Lesion"))
+    assert got == Prompt(None, ((100.0, 50.0),), (1,), "Lesion", "clicks")
+
+
+def test_a_new_box_is_a_new_region() -> None:
+    first = prompt(rect(10, 20, 50, 30), click(25, 50))
+    same = prompt(rect(10, 20, 50, 30), click(25, 50), click(30, 40))
+    other = prompt(rect(12, 20, 50, 30), click(25, 50))
+    assert first is not None and same is not None and other is not None
+    assert first.region == same.region != other.region
+
+
+def test_box_only_prompt_equals_the_box_prompt() -> None:
+    got = prompt(rect(10, 20, 50, 30))
+    assert got is not None and got.points == () and got.box_xyxy == (20.0, 20.0, 120.0, 50.0)
+
+
+@pytest.mark.parametrize(
+    ("region", "fragment"),
+    [
+        (click(101, 10), "keypoint lies outside the image"),
+        (click(10, -2), "keypoint lies outside the image"),
+        (click("10", 10), "keypoint value 'x' must be a finite number"),
+        (click(10, float("nan")), "keypoint value 'y' must be a finite number"),
+        (click(10, 10, label="Tumor"), "unknown label 'Tumor'"),
+        ({"type": "polygonlabels", "value": {"points": []}}, "only rectangle and keypoint"),
+    ],
+)
+def test_unusable_clicks_are_refused(region: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        prompt(region)
+    assert fragment in str(info.value)
