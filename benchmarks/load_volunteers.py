@@ -822,7 +822,9 @@ def main() -> None:
         choices=["dev", "gunicorn"],
         help="dev: label-studio start; gunicorn: its WSGI app under gunicorn",
     )
-    ap.add_argument("--ls-workers", type=int, default=2, help="gunicorn processes")
+    ap.add_argument(
+        "--ls-workers", type=int, default=1, help="gunicorn processes (>1 needs PostgreSQL)"
+    )
     ap.add_argument("--ls-threads", type=int, default=8, help="gunicorn threads per process")
     ap.add_argument("--no-wal", action="store_true", help="leave SQLite in rollback-journal mode")
     ap.add_argument(

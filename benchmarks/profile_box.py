@@ -277,7 +277,7 @@ def analyse(phases: list[dict[str, Any]], roots: Any, out: Path, tag: str) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--ls-server", default="dev", choices=["dev", "gunicorn"])
-    ap.add_argument("--ls-workers", type=int, default=2)
+    ap.add_argument("--ls-workers", type=int, default=1, help="gunicorn processes (>1: PostgreSQL)")
     ap.add_argument("--ls-threads", type=int, default=8)
     ap.add_argument("--no-wal", action="store_true", help="leave SQLite in its rollback journal")
     ap.add_argument("--backend-threads", type=int, default=None, help="--threads of the backend")

@@ -18,7 +18,8 @@ server, one process with a thread per request, and every request of every volunt
 one interpreter lock. ``server="gunicorn"`` runs what Label Studio's own deployment runs
 (its ``deploy/`` folder: a WSGI server on ``core.wsgi``, uwsgi or gunicorn): first
 ``label-studio init`` (migrations, the admin and its token), then gunicorn with ``workers``
-processes of ``threads`` threads on ``label_studio.core.wsgi``. Static files are served by
+processes of ``threads`` threads on ``label_studio.core.wsgi`` (several processes only on
+PostgreSQL: with SQLite they lock each other out). Static files are served by
 Label Studio's own URL routes in both cases.
 """
 
@@ -251,7 +252,8 @@ class LabelStudioProcess(_ChildService):
         server: ``"dev"`` — ``label-studio start`` (Django's development server, one
             process); ``"gunicorn"`` — ``label-studio init``, then gunicorn with ``workers``
             processes × ``threads`` threads (the production way, see the module docstring).
-        workers, threads: gunicorn's processes and threads per process (``server="gunicorn"``).
+        workers, threads: gunicorn's processes and threads per process (``server="gunicorn"``);
+            more than one process needs PostgreSQL (SQLite: ``ValueError``).
         sqlite_wal: switch a SQLite database to write-ahead logging before serving.
     """
 
@@ -264,7 +266,7 @@ class LabelStudioProcess(_ChildService):
     database: PostgresDatabase | None = None
     roles: bool = False
     server: str = "dev"
-    workers: int = 2
+    workers: int = 1
     threads: int = 8
     sqlite_wal: bool = True
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
@@ -274,6 +276,12 @@ class LabelStudioProcess(_ChildService):
         if self.server not in SERVERS:
             choices = " | ".join(SERVERS)
             raise ValueError(f"unknown Label Studio server {self.server!r}; use {choices}")
+        if self.server == "gunicorn" and self.database is None and self.workers > 1:
+            raise ValueError(
+                "several Label Studio workers need PostgreSQL: on SQLite every write locks the "
+                "whole database and Label Studio retries locked requests for minutes "
+                "(docs/performance.md); use workers=1 or a PostgreSQL database"
+            )
         if not (1 <= self.workers <= 64 and 1 <= self.threads <= 256):
             raise ValueError(
                 f"Label Studio needs 1..64 workers and 1..256 threads, got {self.workers}, "

@@ -348,13 +348,17 @@ def test_a_worker_that_cannot_load_its_model_stops_the_backend(tmp_path: Path) -
 
 # ------------------------------------------------------------ Label Studio under gunicorn
 def test_label_studio_under_gunicorn_with_sqlite_wal(tmp_path: Path, shared_data: Path) -> None:
-    """``LabelStudioProcess(server="gunicorn")``: ``label-studio init`` then gunicorn workers
-    on Label Studio's WSGI app; the admin token works, SQLite is in WAL mode, the queue serves
-    a task, an annotation is stored, and stopping ends every process of the group."""
+    """``LabelStudioProcess(server="gunicorn")``: ``label-studio init`` then a gunicorn worker
+    (threads) on Label Studio's WSGI app; the admin token works, SQLite is in WAL mode, the
+    queue serves a task, an annotation is stored, and stopping ends every process of the
+    group. Several workers on SQLite are refused (they lock each other out)."""
     import sqlite3
 
     from medcrowd.embedded import LabelStudioProcess
 
+    with pytest.raises(ValueError, match="several Label Studio workers need PostgreSQL"):
+        LabelStudioProcess(data_dir=tmp_path / "x", email="a@b.c", password="p", token="t",
+                           server="gunicorn", workers=2)  # fmt: skip
     ls = LabelStudioProcess(
         data_dir=tmp_path / "ls",
         email="admin@example.com",
@@ -362,14 +366,14 @@ def test_label_studio_under_gunicorn_with_sqlite_wal(tmp_path: Path, shared_data
         token=secrets.token_hex(20),
         port=free_port(),
         server="gunicorn",
-        workers=2,
+        workers=1,
         threads=4,
     )
     ls.start(timeout_s=600)
     try:
         assert ls.proc is not None
         children = Path(f"/proc/{ls.proc.pid}/task/{ls.proc.pid}/children").read_text().split()
-        assert len(children) == 2  # the gunicorn master's two workers
+        assert len(children) == 1  # the gunicorn master's worker
         assert ls.sqlite_path is not None
         with sqlite3.connect(ls.sqlite_path) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
