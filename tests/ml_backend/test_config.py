@@ -215,6 +215,8 @@ def test_cli_refuses_bad_settings(tmp_path: Path) -> None:
     _refused([*base, "--device", "tpu"], "unsupported device 'tpu'")
     _refused([*base, "--log-level", "loud"], "unknown --log-level 'loud'")
     _refused(base, "max_inflight must be in 1..256", env={"MEDCROWD_BACKEND_MAX_INFLIGHT": "0"})
+    _refused([*base, "--threads", "-1"], "threads must be in 0..256, got -1")
+    _refused(base, "threads must be in 0..256", env={"MEDCROWD_BACKEND_THREADS": "300"})
 
 
 def test_cli_refuses_a_port_in_use(tmp_path: Path) -> None:
