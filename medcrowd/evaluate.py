@@ -986,6 +986,11 @@ def _curve(
         mean = [arms[_key(arm, n, True)]["dice"]["mean"] for n in xs]
         std = [arms[_key(arm, n, True)]["dice"]["std"] for n in xs]
         ax.errorbar(xs, mean, yerr=std, label=label, color=colour, marker=marker, capsize=4)
+        for n, y in zip(xs, mean, strict=True):  # a point with fewer seeds than asked says so
+            k = len(arms[_key(arm, n, True)]["train_pairs"])
+            if k < len(options.seeds):
+                ax.annotate(f"{k} seed{'s' if k > 1 else ''}", (n, y), textcoords="offset points",
+                            xytext=(6, -10), fontsize=7, color=colour)  # fmt: skip
     if "ceiling" in arms:
         d = arms["ceiling"]["dice"]
         pool = arms["ceiling"]["train_pairs"][0]
