@@ -32,12 +32,26 @@ above 10 % of the machine the result is marked "busy machine" (not a final figur
 Afterwards the project's annotations are exported and compared with the submits that
 returned 2xx: every one stored, none twice, nothing else.
 
+CPU-ms per request of each tree (its mean CPU × run time / every request of the run) is
+printed next to the load average: on a shared machine it is the figure to compare, the
+latencies are not (docs/performance.md).
+
+A box the backend answers 503 ("busy", with ``Retry-After``) reaches the volunteer through
+Label Studio as an error; the volunteer waits and asks again
+(:meth:`medcrowd.volunteer_sim.Volunteer.ask_backend`), and the run counts those waits.
+
+Capacity curve (issue 15): comma-separated ``--volunteers`` and ``--think`` lists (or
+``--curve`` = ``5,10,20,30,50`` × ``3,20``) run every combination on the same Label Studio
+and backend, a fresh project each, and write one JSON with every point and a PNG (p95 per
+request kind and CPU-ms per request against volunteers, one line per think time).
+
 Goal (issue 8): 0 errors, warm box → mask p95 <= 150 ms on 2 cores.
 
     python benchmarks/load_volunteers.py                     # 30 volunteers, 5 minutes
     python benchmarks/load_volunteers.py --quick             # 30 s smoke run
     python benchmarks/load_volunteers.py --think 0 --duration 120
     python benchmarks/load_volunteers.py --backend-workers 2 --out load-2w.json
+    python benchmarks/load_volunteers.py --curve --duration 60 --prewarm --no-prelabel
 """
 
 from __future__ import annotations
@@ -48,6 +62,7 @@ import json
 import math
 import os
 import secrets
+import shlex
 import shutil
 import sys
 import tempfile
@@ -422,6 +437,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         extra = ["--workers", str(args.backend_workers)] if args.backend_workers > 1 else []
         if args.backend_threads is not None:
             extra += ["--threads", str(args.backend_threads)]
+        extra += shlex.split(args.backend_extra)
         backend = BenchBackend(
             port=free_port(),
             label_studio_url=ls.url,
@@ -483,7 +499,9 @@ def run_point(
         raise SystemExit(f"{imported.created} of {tasks} tasks imported: {imported.failed}")
     if args.prewarm:
         step("waiting for the backend to pre-compute the embeddings (webhook)")
-        _wait_for_files(cache_dir / "embeddings", before + tasks, timeout_s=30 + 10 * tasks)
+        # every point imports the same images (make_tasks is deterministic): embeddings a
+        # previous point computed are already on disk under their content hash
+        _wait_for_files(cache_dir / "embeddings", max(before, tasks), timeout_s=30 + 10 * tasks)
     else:
         ml_id = admin.connect_backend(pid, backend.url, backend.basic_auth)
     if args.no_prelabel:
@@ -827,6 +845,11 @@ def main() -> None:
     )
     ap.add_argument("--ls-threads", type=int, default=8, help="gunicorn threads per process")
     ap.add_argument("--no-wal", action="store_true", help="leave SQLite in rollback-journal mode")
+    ap.add_argument(
+        "--backend-extra",
+        default="",
+        help="more `medcrowd backend serve` options, e.g. '--max-queue 4'",
+    )
     ap.add_argument(
         "--no-prelabel",
         action="store_true",
