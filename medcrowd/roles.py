@@ -38,7 +38,8 @@ abnormal spot; <b>Vessel</b>: an artery or vein). Drag a box tightly around the 
 with the mouse.</p>
 <p><b>What happens.</b> MedSAM answers within a few seconds with a coloured mask of what it
 thinks is inside the box.</p>
-<p><b>How to correct.</b> The brush (<kbd>B</kbd>, the label row below the first) adds
+<p><b>How to correct.</b> The brush (<kbd>B</kbd>, then the label in the brush's row: each
+row of labels under the image belongs to one tool, and the number on a label is its key) adds
 pixels the mask missed; the eraser (<kbd>E</kbd>) removes pixels it got wrong;
 <kbd>[</kbd> / <kbd>]</kbd> change the brush size; <kbd>Ctrl+Z</kbd> undoes. Then
 <b>Submit</b> (<kbd>Ctrl+Enter</kbd>). Skip an image you cannot judge.</p>

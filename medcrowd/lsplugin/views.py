@@ -34,9 +34,8 @@ __all__ = ["SHORTCUTS", "invite_api", "me", "overlay", "roles_api"]
 
 #: The labelling page's keyboard shortcuts a volunteer needs (Label Studio's defaults).
 SHORTCUTS = [
-    ("1 / 2 / 3", "pick the box label (Organ, Lesion, Vessel), then drag a box"),
-    ("4 / 5 / 6", "pick the brush label, then paint to add to the mask"),
-    ("B", "brush"),
+    ("1, 2, 3, …", "pick a label: the number is shown on each label under the image"),
+    ("B", "brush: paint to add to the mask (pick its label in the brush's row first)"),
     ("E", "eraser: remove wrong pixels"),
     ("[ / ]", "smaller / bigger brush"),
     ("Ctrl+Z", "undo"),

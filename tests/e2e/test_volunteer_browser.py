@@ -172,6 +172,24 @@ def _drag(page: Any, points: list[tuple[float, float]], shape: tuple[int, int]) 
     page.mouse.up()
 
 
+def _label_rows(label_config: str) -> list[str]:
+    """The labelling page's rows of inline labels, in config order (one per *Labels tag)."""
+    return re.findall(r"<(\w+Labels)\b", label_config)
+
+
+def _longest_run(line: np.ndarray) -> tuple[int, int]:
+    """First and last index of the longest run of True in a 1-D bool array (one True at least)."""
+    runs: list[tuple[int, int]] = []
+    begin: int | None = None
+    for i, value in enumerate([*line.tolist(), False]):
+        if value and begin is None:
+            begin = i
+        elif not value and begin is not None:
+            runs.append((begin, i - 1))
+            begin = None
+    return max(runs, key=lambda r: r[1] - r[0])
+
+
 def _union(result: list[dict[str, Any]], shape: tuple[int, int]) -> np.ndarray:
     mask = np.zeros(shape, bool)
     for r in result:
@@ -244,7 +262,9 @@ def test_new_volunteer_labels_gold_and_gets_feedback(browser: Any, campaign: Cam
         )
 
         # 3. label, box -> MedSAM mask (no toggle touched, no tool group opened)
-        page.locator(".lsf-labels").first.locator(".lsf-label", has_text="Organ").click()
+        rows = _label_rows(campaign.admin.project(campaign.project).label_config)
+        labels = page.locator(".lsf-labels")
+        labels.nth(rows.index("RectangleLabels")).locator(".lsf-label", has_text="Organ").click()
         x0, y0, x1, y1 = tight_box(gt)
         with page.expect_response(
             lambda r: "/interactive-annotating" in r.url and r.request.method == "POST"
@@ -258,13 +278,15 @@ def test_new_volunteer_labels_gold_and_gets_feedback(browser: Any, campaign: Cam
         page.wait_for_timeout(500)  # the canvas repaints the accepted mask
         page.screenshot(path=str(ARTIFACTS / "volunteer_2_mask.png"))
 
-        # 4. correct with the brush: a stroke along the organ's middle row, inside the organ
+        # 4. correct with the brush, as a volunteer would: paint over the part of the organ
+        # the mask missed (the longest missed run of the row that misses most)
         page.locator("[aria-label=brush-tool]").first.click()
-        page.locator(".lsf-labels").nth(1).locator(".lsf-label", has_text="Organ").click()
-        row = int(np.flatnonzero(gt.any(axis=1)).mean())
-        cols = np.flatnonzero(gt[row])
-        span = cols[(cols > cols.min() + 12) & (cols < cols.max() - 12)]
-        _drag(page, [(float(span.min()), row), (float(span.max()), row)], shape)
+        labels.nth(rows.index("BrushLabels")).locator(".lsf-label", has_text="Organ").click()
+        missed = gt & ~backend_mask
+        assert missed.sum() > 0, "the backend's mask is perfect: nothing to correct"
+        row = int(missed.sum(axis=1).argmax())
+        start, stop = _longest_run(missed[row])
+        _drag(page, [(float(start), row), (float(stop), row)], shape)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "volunteer_3_brush.png"))
         with page.expect_response(
@@ -306,11 +328,13 @@ def test_new_volunteer_labels_gold_and_gets_feedback(browser: Any, campaign: Cam
     assert not stored["ground_truth"]
     assert campaign.admin.users()[stored["completed_by"]] == email
     mask = _union(stored["result"], shape)
-    stroke_only = mask & ~backend_mask
-    assert stroke_only.sum() > 50, "the brush stroke is not in the stored mask"
+    added = mask & ~backend_mask
+    assert added.sum() > 50, "the brush stroke is not in the stored mask"
+    assert (added & gt).sum() > (added & ~gt).sum()  # the stroke mostly fixed missed pixels
     score = dice(mask, gt)
     print(
-        f"\nbackend mask Dice {dice(backend_mask, gt):.3f}, after the brush {score:.3f}, "
+        f"\nbackend mask Dice {dice(backend_mask, gt):.3f}, after the brush {score:.3f} "
+        f"({int(added.sum())} pixels added, {int((added & gt).sum())} of them in the organ), "
         f"page shows {page_dice:.3f}"
     )
     assert abs(page_dice - score) < 1e-3  # the page's Dice is the stored mask's
