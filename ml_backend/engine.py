@@ -383,10 +383,12 @@ class Engine:
         stack = np.stack([_gray_u8(im) for im in images])
         if stack.shape[1:] != seed.shape:
             raise InvalidInput(f"the mask is {width}×{height}, the slices {stack.shape[1:]}")
-        with self.lock:
-            result = Propagator(max_slices=PROPAGATE_SLICES).run(
-                self.predictor, stack, indices.index(index), None, seed_mask=seed
-            )
+        # the lock is held per slice, not for the whole walk: volunteers' boxes and clicks
+        # interleave with a propagation instead of waiting for it
+        result = Propagator(max_slices=PROPAGATE_SLICES).run(
+            _LockedPredictor(self.predictor, self.lock), stack, indices.index(index), None,
+            seed_mask=seed,
+        )  # fmt: skip
         version = PROPAGATED_PREFIX + self.model_version
         proposed = []
         for local in result.proposed:
@@ -408,6 +410,24 @@ class Engine:
             "proposed_slices": [p["index"] for p in proposed],
             "stops": [s.reason for s in result.steps if not s.accepted],
         }
+
+
+class _LockedPredictor:
+    """``set_image`` + ``predict`` as one step under the engine's lock (the image is kept
+    until ``predict``), so another thread may use the predictor in between."""
+
+    def __init__(self, predictor: Any, lock: threading.Lock) -> None:
+        self._predictor = predictor
+        self._lock = lock
+        self._image: Any = None
+
+    def set_image(self, image: Any) -> None:
+        self._image = image
+
+    def predict(self, **prompts: Any) -> Any:
+        with self._lock:
+            self._predictor.set_image(self._image)
+            return self._predictor.predict(**prompts)
 
 
 class _StudioTasks:
