@@ -162,6 +162,8 @@ class Recorder:
     errors: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     submitted: list[int] = field(default_factory=list)
     queue_empty: int = 0
+    cut_off: int = 0
+    """Requests the end of the run interrupted (a volunteer waiting out a 503): not errors."""
     _first_sent: set[str] = field(default_factory=set)
     _first_done: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -179,6 +181,10 @@ class Recorder:
         start = time.perf_counter()
         try:
             out = call()
+        except Stopped:  # the run ended while the volunteer waited out a busy answer
+            with self._lock:
+                self.cut_off += 1
+            raise
         except Exception as exc:
             self._error(kind, f"{type(exc).__name__}: {_short(exc)}")
             raise
@@ -676,6 +682,7 @@ def report(
         "errors": {k: dict(c) for k, c in rec.errors.items() if c},
         "errors_total": errors_total,
         "queue_empty": rec.queue_empty,
+        "cut_off_by_the_end_of_the_run": rec.cut_off,
         "resources": resources,
         "verify": verify,
         "goal": {"warm_p95_ms_max": GOAL_WARM_P95_MS, "zero_errors": True, "met": goal_met},
