@@ -111,7 +111,8 @@ def test_volunteers_wait_out_a_busy_backend(
         ]  # fmt: skip
         sizes = {s: Image.open(demo / f"{s}.png").size for s in stems}
         contexts = [
-            {"result": [rectangle([20.0, 20.0, 200.0, 200.0], *sizes[s], "Organ")]} for s in stems
+            {"result": [rectangle([0.2 * w, 0.2 * h, 0.6 * w, 0.6 * h], w, h, "Organ")]}
+            for w, h in (sizes[s] for s in stems)
         ]
         answers: list[object] = [None] * len(tasks)
 
