@@ -120,6 +120,8 @@ def _with_labelling_defaults(request: Any, response: HttpResponse) -> HttpRespon
     html = response.content.decode(response.charset or "utf-8")
     html = html.replace("<head>", "<head>" + script, 1)
     response.content = html.encode(response.charset or "utf-8")
+    if response.has_header("Content-Length"):  # set before us: it must grow with the page
+        response["Content-Length"] = str(len(response.content))
     return response
 
 
