@@ -167,6 +167,8 @@ class Engine:
         self.lock = threading.Lock()
         self.queue = ModelQueue(max_inflight, max_queue)
         self.warmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm")
+        # its own thread: a submitted slice is not queued behind an import's embeddings
+        self.propagator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="propagate")
         self.warmed = 0
         self._warm_pending = 0
         self._warm_lock = threading.Lock()
@@ -315,7 +317,7 @@ class Engine:
             return False
         if annotation.get("was_cancelled"):
             return False
-        self.warmer.submit(self._propagate_logged, body)
+        self.propagator.submit(self._propagate_logged, body)
         return True
 
     def _propagate_logged(self, body: dict[str, Any]) -> None:
