@@ -998,6 +998,7 @@ def _curve(
                    label=f"all {pool} pool images expert (d)")  # fmt: skip
         ax.axhspan(d["mean"] - d["std"], d["mean"] + d["std"], color="#264653", alpha=0.08)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(counts, [str(n) for n in counts])
     ax.set_xlabel("expert-labelled images")
     ax.set_ylabel("test Dice (held-out expert masks)")
