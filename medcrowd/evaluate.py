@@ -8,7 +8,12 @@ expert     (a) a small expert subset of the pool (``expert_count`` images)
 crowd      (b) (a) + the crowd-fused labels of the rest of the pool
 synthetic  (c) (b) + synthetic image–mask pairs (pix2pix trained on (b))
 ceiling    (d) every pool image with its expert label (the upper bound)
+assist     (e) (a) + the rest of the pool labelled by LiteMedSAM alone (one box per
+           object, no correction)
 =========  ======================================================================
+
+Each row carries ``volunteer_h``: the volunteer-hours behind its labels ((b), (c): every
+assisted-crowd label of the pool, gold images included; (e): its boxes; (a), (d): 0).
 
 Splits. The labelled dataset ``data`` is split once into a *test* part (``test_fraction``,
 chosen by ``split_seed``) and a *pool*. With a separate ``test`` folder (``--test DIR``: any
@@ -37,11 +42,16 @@ each pair at least ``epochs_min`` times while small arms keep ``steps``. pix2pix
 trains ``synth_steps``. The steps of every network are in ``results.csv`` and the table.
 
 Crowd labels come either from a real project (``crowd``: a ``medcrowd pull`` + ``fuse``
-folder or any pairs folder; its images must not be test images — checked by pixel hash) or
-are simulated on the pool: a pool of annotators (``crowd_models``, names from
-:data:`fusion.crowd_models.ANNOTATOR_MODELS`), ``raters_per_task`` of them drawn per image,
-fused by :class:`fusion.CrowdStaple` with the expert subset as gold tasks — the workflow a
-lab runs with gold tasks in Label Studio.
+folder or any pairs folder; its images must not be test images — checked by pixel hash), or
+from the **assisted crowd** (``crowd_source="assisted"``, the default;
+:mod:`medcrowd.assisted`): virtual volunteers draw noisy boxes, get LiteMedSAM's mask in
+process (one encoder pass per pool image for all seeds) and correct it with priced brush
+strokes within a time budget; ``raters_per_task`` of ``crowd_pool`` per image, fused by
+CrowdStaple with the expert subset as gold tasks (docs/evaluation.md). Or
+(``crowd_source="simulated"``) they are simulated on the pool: a pool of annotators
+(``crowd_models``, names from :data:`fusion.crowd_models.ANNOTATOR_MODELS`),
+``raters_per_task`` of them drawn per image, fused by :class:`fusion.CrowdStaple` with the
+expert subset as gold tasks — the workflow a lab runs with gold tasks in Label Studio.
 
 Outputs in ``out``::
 
@@ -627,7 +637,7 @@ def evaluate(
                 fused, report = simulate_fused(
                     pool.masks[order],
                     gold=range(len(expert_idx)),
-                    models=options.crowd_models,
+                    models=options.crowd_pool,
                     raters_per_task=options.raters_per_task,
                     seed=seed,
                 )
