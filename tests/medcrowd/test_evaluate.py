@@ -132,6 +132,21 @@ def test_crowd_folder_with_a_test_image_is_refused(
         evaluate(tiny, tmp_path / "out", options, crowd=crowd)
 
 
+def test_synthetic_folder_with_a_test_image_is_refused(
+    tiny: Path, tmp_path: Path, two_seeds: tuple[Path, Any, Any]
+) -> None:
+    options = EvaluateOptions(seeds=(0,), **OPTS)  # type: ignore[arg-type]
+    leaked = two_seeds[1].summary["test_images"][0]
+    synthetic = tmp_path / "synthetic"
+    (synthetic / "images").mkdir(parents=True)
+    (synthetic / "masks").mkdir()
+    shutil.copy(tiny / "images" / f"{leaked}.png", synthetic / "images" / "s.png")
+    shutil.copy(tiny / "masks" / f"{leaked}.png", synthetic / "masks" / "s.png")
+    with pytest.raises(ValueError, match="synthetic image"):
+        evaluate(tiny, tmp_path / "out", options, synthetic=synthetic)
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
 def test_simulated_crowd_uses_gold_and_beats_noise() -> None:
     yy, xx = np.mgrid[:48, :48]
     masks = np.stack(
