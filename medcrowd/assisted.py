@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -146,14 +146,12 @@ class AssistedLabels:
     assist_seconds: list[float] = field(default_factory=list)
 
 
-class _Predictor:
+class _Predictor(Protocol):
     """The two calls of :class:`ml_backend.predictors.BoxPredictor` used here."""
 
     def set_image(self, image: np.ndarray) -> None: ...  # pragma: no cover
 
-    def predict_box(
-        self, box_xyxy: Sequence[float]
-    ) -> tuple[np.ndarray, float]: ...  # pragma: no cover
+    def predict_box(self, box_xyxy: Sequence[float]) -> tuple[np.ndarray, float]: ...
 
 
 def object_boxes(mask: BoolArray) -> list[Box]:

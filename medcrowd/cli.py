@@ -98,12 +98,13 @@ def up(
     roles: Annotated[
         bool,
         typer.Option(
+            "--roles/--no-roles",
             help="Enforce volunteer roles inside Label Studio (medcrowd's plugin: volunteers "
-            "see and change only their own work; docs/security.md). Off by default until the "
-            "stock labelling page is verified under it.",
+            "see and change only their own work; docs/security.md). --no-roles runs stock "
+            "Label Studio, where every account can change or delete everything.",
             envvar="MEDCROWD_ROLES",
         ),
-    ] = False,
+    ] = True,
 ) -> None:
     """Start Label Studio (SQLite or PostgreSQL) + the ML backend, create a project, import
     sample images."""

@@ -78,7 +78,7 @@ import csv
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,10 +222,15 @@ class EvaluateOptions:
                 f"unknown --crowd-source {self.crowd_source!r}; "
                 f"choose from {', '.join(CROWD_SOURCES)}"
             )
+        known: Mapping[str, object]
         if self.crowd_source == "assisted":
-            from medcrowd.assisted import VOLUNTEER_MODELS as known
+            from medcrowd.assisted import VOLUNTEER_MODELS
+
+            known = VOLUNTEER_MODELS
         else:
-            from fusion.crowd_models import ANNOTATOR_MODELS as known
+            from fusion.crowd_models import ANNOTATOR_MODELS
+
+            known = ANNOTATOR_MODELS
         pool = self.crowd_pool
         bad = [m for m in pool if m not in known]
         if bad:
@@ -419,9 +424,11 @@ def _assisted_labels(
     if pool.raw is None:  # pragma: no cover - every pool comes from _load
         raise ValueError("the pool has no native-resolution pairs")
     predictor = get_predictor("litemedsam", device=device, backend=options.assist_backend)
-    crowd = options.crowd_pool if options.crowd_source == "assisted" else None
-    if crowd is None:
-        from medcrowd.assisted import DEFAULT_ASSISTED_CROWD as crowd
+    from medcrowd.assisted import DEFAULT_ASSISTED_CROWD
+
+    crowd: Sequence[str] = DEFAULT_ASSISTED_CROWD
+    if options.crowd_source == "assisted" and options.crowd_pool is not None:
+        crowd = options.crowd_pool
     images = [im for im, _ in pool.raw]
     masks = [m for _, m in pool.raw]
     raters = min(options.raters_per_task, len(crowd))
@@ -436,7 +443,7 @@ def _assisted_labels(
             for im, votes in zip(images, lab.votes, strict=True)
         ]
         lab.assist = [
-            resize_pair(im, a.astype(np.uint8), size)[1]
+            resize_pair(im, a.astype(np.uint8), size)[1].astype(bool)
             for im, a in zip(images, lab.assist, strict=True)
         ]
     return labels
@@ -857,8 +864,9 @@ def _summarise(
             continue
         entry: dict[str, Any] = {"train_pairs": [r["train_pairs"] for r in mine]}
         hours = [r.get("volunteer_h") for r in mine]
+        known_hours = [float(h) for h in hours if h is not None]
         entry["volunteer_h"] = (
-            float(np.mean(hours)) if hours and all(h is not None for h in hours) else None
+            float(np.mean(known_hours)) if hours and len(known_hours) == len(hours) else None
         )
         for stat in ("dice", "hd95", "accuracy"):
             values = np.array([r[stat] for r in mine], dtype=float)

@@ -100,11 +100,13 @@ def run_up(opts: UpOptions, say: Callable[[str], None] = print) -> int:
         label_config = config_path("labeling_box_brush.xml").read_text()
         project_id = studio.ensure_project(opts.project, label_config)
         studio.set_instructions(project_id, VOLUNTEER_INSTRUCTIONS, keep_existing=True)
-        report: ImportReport = studio.import_images(
-            project_id, files if files is not None else _samples()
-        )
+        # Connect first: the backend's TASKS_CREATED webhook then precomputes the embedding
+        # of every image imported next, so no volunteer waits for the encoder (prewarm).
         studio.connect_backend(
             project_id, backend.url, (creds.backend_user, creds.backend_password)
+        )
+        report: ImportReport = studio.import_images(
+            project_id, files if files is not None else _samples()
         )
         say(
             f"Project {opts.project!r} (id {project_id}): {report.created} tasks imported, "
