@@ -288,15 +288,7 @@ class _PromptDecoder(nn.Module):
     def forward(
         self, embedding: torch.Tensor, box: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        sparse, dense = self.prompt_encoder(points=None, boxes=box, masks=None)
-        low_res, iou = self.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
-        return low_res, iou
+        return self.prompts(embedding, box, None, None, None)
 
     def prompts(
         self,
