@@ -4,7 +4,8 @@ A refinement click is answered from the box, every click of the region so far an
 region's previous low-resolution logits (the SAM / CVPR 2025 interactive protocol). The
 logits live here, keyed by ``(task, annotator, region)``: a region is the volunteer's box
 (:attr:`ml_backend.labeling.Prompt.region`), so a new box starts a new region. At most
-``max_regions`` are kept (256 × 128 KiB = 32 MiB as float16); the least recently used goes.
+``max_regions`` are kept (the backend's ``click_regions`` setting, default 256 × 128 KiB =
+32 MiB as float16); the least recently used goes.
 
 Example::
 

@@ -268,6 +268,43 @@ class BackendConfig:
     warm_on_import: bool = field(default=True, metadata=_how(env=ENV_PREFIX + "WARM_ON_IMPORT"))
     """Precompute embeddings on ``TASKS_CREATED`` webhooks."""
 
+    propagate_slices: int = field(
+        default=8,
+        metadata=_how(
+            help="A submitted slice of a volume is propagated to at most this many slices on "
+            "each side (0: off).",
+            env=ENV_PREFIX + "PROPAGATE_SLICES",
+            cli_env=True,
+        ),
+    )
+    """Reach of the 3-D propagation of a submitted slice mask (0..4096 slices on each side;
+    0 turns it off): :meth:`ml_backend.engine.Engine.propagate_annotation` proposes masks on
+    at most this many neighbouring slices each way."""
+
+    click_regions: int = field(
+        default=256,
+        metadata=_how(
+            help="Regions whose previous answer each worker keeps for refinement clicks "
+            "(LRU; 128 KiB each).",
+            env=ENV_PREFIX + "CLICK_REGIONS",
+            cli_env=True,
+        ),
+    )
+    """Size of each worker's :class:`ml_backend.clicks.ClickMemory` (1..1000000 regions,
+    ``(task, annotator, box)``; 256 × 128 KiB of float16 logits = 32 MiB)."""
+
+    propagation_log: int = field(
+        default=256,
+        metadata=_how(
+            help="Propagation records each worker keeps (Engine.propagations, newest last).",
+            env=ENV_PREFIX + "PROPAGATION_LOG",
+            cli_env=True,
+        ),
+    )
+    """How many records of what each submitted slice proposed
+    (:attr:`ml_backend.engine.Engine.propagations`) one worker keeps (1..1000000); older
+    ones are dropped (they stay in the log)."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -296,6 +333,11 @@ class BackendConfig:
             raise ValueError(f"max_queue must be in 0..100000, got {self.max_queue}")
         if not (math.isfinite(self.request_timeout_s) and self.request_timeout_s > 0):
             raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if not 0 <= self.propagate_slices <= 4096:
+            raise ValueError(f"propagate_slices must be in 0..4096, got {self.propagate_slices}")
+        for name in ("click_regions", "propagation_log"):
+            if not 1 <= getattr(self, name) <= 1_000_000:
+                raise ValueError(f"{name} must be in 1..1000000, got {getattr(self, name)}")
         for name in ("cache_bytes", "max_body_bytes", "max_image_pixels"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -312,7 +354,8 @@ class BackendConfig:
         ``0.0.0.0``), ``PREDICTOR``, ``DEVICE``, ``CHECKPOINT``, ``DRAFT_MODEL``,
         ``CACHE_DIR``, ``LOCAL_FILES_ROOT``, ``ALLOWED_ROOTS`` (``os.pathsep``-separated),
         ``THREADS``, ``MAX_INFLIGHT``, ``MAX_QUEUE``, ``REQUEST_TIMEOUT_S``, ``CACHE_BYTES``,
-        ``MAX_BODY_BYTES``, ``MAX_IMAGE_PIXELS``, ``WARM_ON_IMPORT``.
+        ``MAX_BODY_BYTES``, ``MAX_IMAGE_PIXELS``, ``WARM_ON_IMPORT``, ``PROPAGATE_SLICES``,
+        ``CLICK_REGIONS``, ``PROPAGATION_LOG``.
 
         Args:
             env: the variables; None reads ``os.environ``.

@@ -47,7 +47,6 @@ from ml_backend.labeling import (
 __all__ = [
     "MAX_WARM_PENDING",
     "PROPAGATED_PREFIX",
-    "PROPAGATE_SLICES",
     "Engine",
     "ModelQueue",
     "build_engine",
@@ -63,9 +62,6 @@ MAX_WARM_PENDING = 4096
 
 PROPAGATED_PREFIX = "propagated-"
 """Model-version prefix of the proposals stored on a volume's neighbouring slices."""
-
-PROPAGATE_SLICES = 8
-"""A submitted slice mask is propagated to at most this many slices on each side."""
 
 
 class ModelQueue:
@@ -148,6 +144,13 @@ class Engine:
         fetcher: fetches task image URLs (only from the allowed hosts and roots).
         max_inflight, max_queue: bounds of :attr:`queue`.
         draft: a :class:`~ml_backend.draft.DraftModel` answering box-less calls, or None.
+        propagate_slices: a submitted slice is propagated to at most this many slices on
+            each side (0: not at all).
+        click_regions: regions :attr:`clicks` keeps.
+        propagation_log: records :attr:`propagations` keeps.
+
+    The defaults are :class:`~ml_backend.config.BackendConfig`'s; :func:`build_engine`
+    passes a config's values.
 
     Attributes:
         warmed: embeddings the warmer computed.
@@ -160,8 +163,13 @@ class Engine:
         max_inflight: int = 2,
         max_queue: int = 32,
         draft: Any | None = None,
+        *,
+        propagate_slices: int = 8,
+        click_regions: int = 256,
+        propagation_log: int = 256,
     ) -> None:
         self.predictor = predictor
+        self.propagate_slices = propagate_slices
         self.fetcher = fetcher
         self.draft = draft
         self.lock = threading.Lock()
@@ -172,13 +180,13 @@ class Engine:
         self.warmed = 0
         self._warm_pending = 0
         self._warm_lock = threading.Lock()
-        self.clicks = ClickMemory(max_regions=256)
+        self.clicks = ClickMemory(max_regions=click_regions)
         """Previous logits per (task, annotator, region), for refinement clicks."""
         self.feed_logits = bool(getattr(predictor, "refines_with_logits", True))
         """Whether a click is answered with the region's previous logits as ``mask_input``
         (the predictor's ``refines_with_logits``: False for the stock LiteMedSAM, which
         was never trained with a mask prompt and gets worse with it)."""
-        self.propagations: deque[dict[str, Any]] = deque(maxlen=256)
+        self.propagations: deque[dict[str, Any]] = deque(maxlen=propagation_log)
         """What each submitted slice proposed: seed task, slice, proposed tasks and slices,
         stop reasons (newest last)."""
 
@@ -315,7 +323,7 @@ class Engine:
         meta = data.get("medcrowd") if isinstance(data, dict) else None
         if not isinstance(meta, dict) or not {"source", "axis", "index"} <= set(meta):
             return False
-        if annotation.get("was_cancelled"):
+        if annotation.get("was_cancelled") or self.propagate_slices < 1:
             return False
         self.propagator.submit(self._propagate_logged, body)
         return True
@@ -380,14 +388,14 @@ class Engine:
             ):
                 by_index[int(other_meta["index"])] = other
         by_index[index] = task
-        indices = _contiguous(sorted(by_index), index, PROPAGATE_SLICES)
+        indices = _contiguous(sorted(by_index), index, self.propagate_slices)
         images = [self.fetcher.fetch(by_index[z]["data"][config.image_key]) for z in indices]
         stack = np.stack([_gray_u8(im) for im in images])
         if stack.shape[1:] != seed.shape:
             raise InvalidInput(f"the mask is {width}×{height}, the slices {stack.shape[1:]}")
         # the lock is held per slice, not for the whole walk: volunteers' boxes and clicks
         # interleave with a propagation instead of waiting for it
-        result = Propagator(max_slices=PROPAGATE_SLICES).run(
+        result = Propagator(max_slices=self.propagate_slices).run(
             _LockedPredictor(self.predictor, self.lock), stack, indices.index(index), None,
             seed_mask=seed,
         )  # fmt: skip
@@ -538,7 +546,16 @@ def build_engine(config: BackendConfig, predictor: Any | None = None) -> Engine:
         allowed_roots=list(config.allowed_roots),
         max_pixels=config.max_image_pixels,
     )
-    return Engine(predictor, fetcher, config.max_inflight, config.max_queue, draft)
+    return Engine(
+        predictor,
+        fetcher,
+        config.max_inflight,
+        config.max_queue,
+        draft,
+        propagate_slices=config.propagate_slices,
+        click_regions=config.click_regions,
+        propagation_log=config.propagation_log,
+    )
 
 
 def load_predictor(config: BackendConfig) -> Any:

@@ -42,6 +42,9 @@ def test_from_env_reads_every_setting() -> None:
         "MEDCROWD_BACKEND_CACHE_BYTES": "1000",
         "MEDCROWD_BACKEND_MAX_BODY_BYTES": "2000",
         "MEDCROWD_BACKEND_MAX_IMAGE_PIXELS": "3000",
+        "MEDCROWD_BACKEND_PROPAGATE_SLICES": "0",
+        "MEDCROWD_BACKEND_CLICK_REGIONS": "17",
+        "MEDCROWD_BACKEND_PROPAGATION_LOG": "9",
         # gunicorn's own --bind and --workers decide these; the variables are not read
         "MEDCROWD_BACKEND_PORT": "1234",
         "MEDCROWD_BACKEND_WORKERS": "7",
@@ -65,6 +68,7 @@ def test_from_env_reads_every_setting() -> None:
         2000,
         3000,
     )
+    assert (config.propagate_slices, config.click_regions, config.propagation_log) == (0, 17, 9)
     assert (config.port, config.workers) == (9090, 1)
     # secrets stay out of reprs (and so out of logs and tracebacks)
     assert "s3cret" not in repr(config) and "t0ken" not in repr(config)
@@ -92,6 +96,8 @@ def test_from_env_defaults_and_refusals() -> None:
         "WARM_ON_IMPORT": ("maybe", "MEDCROWD_BACKEND_WARM_ON_IMPORT must be true or false"),
         "MAX_INFLIGHT": ("0", "max_inflight must be in 1..256, got 0"),
         "THREADS": ("-1", "threads must be in 0..256, got -1"),
+        "PROPAGATE_SLICES": ("x", "MEDCROWD_BACKEND_PROPAGATE_SLICES must be an integer"),
+        "CLICK_REGIONS": ("0", "click_regions must be in 1..1000000, got 0"),
         "DEVICE": ("tpu", "unsupported device 'tpu'"),
     }
     for name, (raw, message) in refusals.items():
@@ -113,6 +119,10 @@ def test_from_env_defaults_and_refusals() -> None:
         ({"max_queue": 100_001}, "max_queue must be in 0..100000"),
         ({"request_timeout_s": -1.0}, "request_timeout_s must be > 0"),
         ({"max_body_bytes": -1}, "max_body_bytes must be >= 0"),
+        ({"propagate_slices": -1}, "propagate_slices must be in 0..4096"),
+        ({"propagate_slices": 4097}, "propagate_slices must be in 0..4096"),
+        ({"click_regions": 0}, "click_regions must be in 1..1000000"),
+        ({"propagation_log": 1_000_001}, "propagation_log must be in 1..1000000"),
         ({"device": "cuda:x"}, "unsupported device 'cuda:x'"),
         ({"device": "gpu"}, "unsupported device 'gpu'"),
     ],
@@ -138,7 +148,7 @@ def test_cli_options_are_the_fields() -> None:
         "host", "port", "label_studio_url", "label_studio_token", "basic_auth_user",
         "basic_auth_pass", "predictor", "device", "checkpoint", "draft_model", "cache_dir",
         "local_files_root", "allowed_root", "workers", "threads", "max_inflight", "max_queue",
-        "request_timeout",
+        "request_timeout", "propagate_slices", "click_regions", "propagation_log",
     ]  # fmt: skip
     assert options["threads"].default == BackendConfig().threads == 0
     assert options["threads"].envvar == "MEDCROWD_BACKEND_THREADS"
@@ -149,6 +159,10 @@ def test_cli_options_are_the_fields() -> None:
     assert options["basic_auth_pass"].envvar == "MEDCROWD_BACKEND_PASSWORD"
     assert options["label_studio_token"].show_default is False
     assert options["predictor"].envvar is None  # as before: no environment fallback
+    assert options["propagate_slices"].default == defaults.propagate_slices == 8
+    assert options["click_regions"].default == defaults.click_regions == 256
+    assert options["propagation_log"].default == defaults.propagation_log == 256
+    assert options["propagate_slices"].envvar == "MEDCROWD_BACKEND_PROPAGATE_SLICES"
     assert all(o.help for o in options.values())
 
 
@@ -159,7 +173,8 @@ def test_from_cli_maps_every_option() -> None:
         "predictor": "medsam", "device": "cpu", "checkpoint": Path("/w.pth"),
         "draft_model": Path("/d.pt"), "cache_dir": Path("/c"), "local_files_root": Path("/l"),
         "allowed_root": [Path("/a"), Path("/b")], "workers": 3, "threads": 1,
-        "max_inflight": 4, "max_queue": 5, "request_timeout": 6.5,
+        "max_inflight": 4, "max_queue": 5, "request_timeout": 6.5, "propagate_slices": 2,
+        "click_regions": 7, "propagation_log": 8,
     }  # fmt: skip
     assert set(values) == {o.name for o in cli_options()}
     config = BackendConfig.from_cli(values)
@@ -168,7 +183,8 @@ def test_from_cli_maps_every_option() -> None:
         basic_auth=("u", "p"), predictor="medsam", device="cpu", checkpoint=Path("/w.pth"),
         draft_model=Path("/d.pt"), cache_dir=Path("/c"), local_files_root=Path("/l"),
         allowed_roots=[Path("/a"), Path("/b")], workers=3, threads=1, max_inflight=4,
-        max_queue=5, request_timeout_s=6.5,
+        max_queue=5, request_timeout_s=6.5, propagate_slices=2, click_regions=7,
+        propagation_log=8,
     )  # fmt: skip
     unset = {o.name: o.default for o in cli_options()}
     assert BackendConfig.from_cli(unset) == BackendConfig()
@@ -217,6 +233,10 @@ def test_cli_refuses_bad_settings(tmp_path: Path) -> None:
     _refused(base, "max_inflight must be in 1..256", env={"MEDCROWD_BACKEND_MAX_INFLIGHT": "0"})
     _refused([*base, "--threads", "-1"], "threads must be in 0..256, got -1")
     _refused(base, "threads must be in 0..256", env={"MEDCROWD_BACKEND_THREADS": "300"})
+    _refused([*base, "--propagate-slices", "-1"], "propagate_slices must be in 0..4096, got -1")
+    _refused(
+        base, "click_regions must be in 1..1000000", env={"MEDCROWD_BACKEND_CLICK_REGIONS": "0"}
+    )
 
 
 def test_cli_refuses_a_port_in_use(tmp_path: Path) -> None:
