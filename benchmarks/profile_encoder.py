@@ -77,11 +77,30 @@ def run(predictor: Any, pairs: list[tuple[Path, Path]], repeats: int) -> dict[st
     }
 
 
+def _matching_nodes(path: Path, ops: list[str], pattern: str) -> list[str]:
+    """Names of the ``ops`` nodes of the ONNX graph at ``path`` that match ``pattern``."""
+    import re
+
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    regex = re.compile(pattern)
+    return [n.name for n in graph.node if n.op_type in ops and regex.search(n.name)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="encoder runs per image")
     ap.add_argument("--ops", default="MatMul,Gemm", help="operator types quantised to int8")
+    ap.add_argument(
+        "--per-channel", action="store_true", help="int8 scales per output channel (not per tensor)"
+    )
+    ap.add_argument(
+        "--exclude",
+        default="",
+        help="regular expression: nodes whose names match stay fp32 (e.g. the first stages)",
+    )
     ap.add_argument("--cache-dir", default=None, help="where the fp32 export lives / goes")
     ap.add_argument("--out", default="profile_encoder.json")
     args = ap.parse_args()
@@ -100,12 +119,16 @@ def main() -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     int8_path = fp32_path.with_name(fp32_path.stem + "-int8.onnx")
+    ops = [op for op in args.ops.split(",") if op]
+    excluded = _matching_nodes(fp32_path, ops, args.exclude) if args.exclude else []
     t0 = time.perf_counter()
     quantize_dynamic(
         str(fp32_path),
         str(int8_path),
         weight_type=QuantType.QInt8,
-        op_types_to_quantize=[op for op in args.ops.split(",") if op],
+        op_types_to_quantize=ops,
+        per_channel=args.per_channel,
+        nodes_to_exclude=excluded,
     )
     quantise_s = time.perf_counter() - t0
     load = os.getloadavg()
@@ -116,6 +139,9 @@ def main() -> None:
         "benchmark": "profile_encoder",
         "threads": args.threads,
         "ops": args.ops,
+        "per_channel": args.per_channel,
+        "exclude": args.exclude,
+        "nodes_excluded": len(excluded),
         "quantise_s": round(quantise_s, 1),
         "sizes_mb": {
             "fp32": round(fp32_path.stat().st_size / 1e6, 1),
