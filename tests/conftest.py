@@ -2,21 +2,27 @@
 
 Label Studio is started once per test session (first start runs migrations, ~1 min on two
 cores) in a temporary directory, through the same ``LabelStudioProcess`` that ``medcrowd up``
-uses. The ML backend runs in this process under uvicorn on a free loopback port with HTTP
-Basic auth, serving the real LiteMedSAM predictor.
+uses (``tests.helpers.label_studio_process``). The ML backend runs in this process under
+uvicorn on a free loopback port with HTTP Basic auth, serving the real LiteMedSAM predictor
+(``tests.helpers.serve_backend``). Browser tests share a headless Chromium per module.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import BackendHandle, StudioHandle, ThreadedServer, shared_data_dir
+from tests.helpers import (
+    BackendHandle,
+    StudioHandle,
+    label_studio_process,
+    serve_backend,
+    shared_data_dir,
+)
 
 
 def _ci() -> bool:
@@ -55,28 +61,15 @@ def shared_data() -> Path:
 # -- Label Studio -------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioHandle]:
-    from medcrowd.embedded import LabelStudioProcess, free_port
-
     reuse_url = os.environ.get("MEDCROWD_TEST_LS_URL")
     if reuse_url:  # development only: point the suite at a Label Studio already running
         yield StudioHandle(reuse_url, os.environ["MEDCROWD_TEST_LS_TOKEN"], "", "")
         return
-    data_dir = tmp_path_factory.mktemp("label-studio")
-    proc = LabelStudioProcess(
-        data_dir=data_dir,
-        email="admin@example.com",
-        password=secrets.token_urlsafe(12),
-        token=secrets.token_hex(20),
-        port=free_port(),
-        # MEDCROWD_TEST_ROLES=1 runs the session's Label Studio with medcrowd's roles plugin,
-        # as `medcrowd up` does (docs/security.md lists the tests that assume stock rights)
-        roles=os.environ.get("MEDCROWD_TEST_ROLES", "") == "1",
-    )
-    proc.start()
-    try:
+    # MEDCROWD_TEST_ROLES=1 runs the session's Label Studio with medcrowd's roles plugin,
+    # as `medcrowd up` does (docs/security.md lists the tests that assume stock rights)
+    roles = os.environ.get("MEDCROWD_TEST_ROLES", "") == "1"
+    with label_studio_process(tmp_path_factory.mktemp("label-studio"), roles=roles) as proc:
         yield StudioHandle(proc.url, proc.token, proc.email, proc.password)
-    finally:
-        proc.stop()
 
 
 # -- the backend over HTTP ------------------------------------------------------------------
@@ -91,19 +84,16 @@ def litemedsam(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="session")
 def backend(label_studio: StudioHandle, litemedsam: Any) -> Iterator[BackendHandle]:
-    from medcrowd.embedded import free_port
-    from ml_backend.config import BackendConfig
-    from ml_backend.server import create_app
+    with serve_backend(label_studio.url, label_studio.token, litemedsam) as handle:
+        yield handle
 
-    port = free_port()
-    auth = ("labelstudio", secrets.token_urlsafe(16))
-    config = BackendConfig(
-        host="127.0.0.1",
-        port=port,
-        basic_auth=auth,
-        label_studio_url=label_studio.url,
-        label_studio_token=label_studio.token,
-    )
-    app = create_app(config, predictor=litemedsam)
-    with ThreadedServer(app, port):
-        yield BackendHandle(f"http://127.0.0.1:{port}", auth, app)
+
+# -- a real browser (tests/e2e/test_*browser.py; steps in tests/e2e/_browser.py) -----------
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium (Debian's, ``MEDCROWD_CHROMIUM``) driven by Python Playwright, one
+    per test module; each test opens its own context (``tests.e2e._browser.open_page``)."""
+    from tests.e2e._browser import launch_chromium
+
+    with launch_chromium() as chromium:
+        yield chromium

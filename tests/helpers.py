@@ -1,14 +1,17 @@
 """The one support module of the tests (and benchmarks): real-data loaders, boxes, LS contexts,
-handles of the session's Label Studio and backend, a threaded uvicorn server, tiny synthetic
-data sets. Tests import from here or take fixtures from ``conftest.py``; no test module
-imports another test module."""
+handles of the session's Label Studio and backend, starting a Label Studio and serving the real
+backend, a threaded uvicorn server, tiny synthetic data sets. Tests import from here (browser
+steps: ``tests/e2e/_browser.py``) or take fixtures from ``conftest.py``; no test module imports
+another test module."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +126,86 @@ class ThreadedServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+@contextmanager
+def environment(extra: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``extra`` set, restored on exit (a child started inside inherits
+    them)."""
+    saved = {name: os.environ.get(name) for name in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
+def label_studio_process(
+    data_dir: Path, *, roles: bool = False, env: Mapping[str, str] | None = None
+) -> Iterator[Any]:
+    """A real Label Studio (``medcrowd.embedded.LabelStudioProcess``, as ``medcrowd up``
+    starts it) on a free loopback port, with a fresh admin (``admin@example.com``, random
+    password and API token), started in ``data_dir`` and stopped on exit.
+
+    Args:
+        data_dir: where Label Studio writes everything.
+        roles: with medcrowd's roles plugin.
+        env: variables added to the child's environment (e.g. ``MEDCROWD_ONBOARDING_GOLD``).
+
+    Yields:
+        the started ``LabelStudioProcess`` (``url``, ``token``, ``email``, ``password``).
+    """
+    from medcrowd.embedded import LabelStudioProcess, free_port
+
+    proc = LabelStudioProcess(
+        data_dir=data_dir,
+        email="admin@example.com",
+        password=secrets.token_urlsafe(12),
+        token=secrets.token_hex(20),
+        port=free_port(),
+        roles=roles,
+    )
+    try:
+        with environment(env or {}):  # the child's environment comes from ours
+            proc.start()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@contextmanager
+def serve_backend(
+    label_studio_url: str, label_studio_token: str, predictor: Any, **settings: Any
+) -> Iterator[BackendHandle]:
+    """The real backend app (``ml_backend.server.create_app``) for ``predictor`` under
+    uvicorn on a free loopback port, with HTTP Basic auth (user ``labelstudio``, a random
+    password) and images fetched from ``label_studio_url`` with ``label_studio_token``.
+
+    Args:
+        settings: further :class:`ml_backend.config.BackendConfig` fields.
+    """
+    from medcrowd.embedded import free_port
+    from ml_backend.config import BackendConfig
+    from ml_backend.server import create_app
+
+    port = free_port()
+    auth = ("labelstudio", secrets.token_urlsafe(16))
+    config = BackendConfig(
+        host="127.0.0.1",
+        port=port,
+        basic_auth=auth,
+        label_studio_url=label_studio_url,
+        label_studio_token=label_studio_token,
+        **settings,
+    )
+    app = create_app(config, predictor=predictor)
+    with ThreadedServer(app, port):
+        yield BackendHandle(f"http://127.0.0.1:{port}", auth, app)
 
 
 # -- tiny synthetic data sets --------------------------------------------------------------

@@ -38,6 +38,7 @@ from PIL import Image
 from medcrowd.lsplugin import policy
 from medcrowd.settings import config_path
 from medcrowd.studio import Studio
+from tests.helpers import label_studio_process
 
 pytestmark = pytest.mark.e2e
 
@@ -63,25 +64,12 @@ class Plugged:
 
 @pytest.fixture(scope="module")
 def plugged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugged]:
-    from medcrowd.embedded import LabelStudioProcess, free_port
-
     data_dir = tmp_path_factory.mktemp("ls-plugin")
-    proc = LabelStudioProcess(
-        data_dir=data_dir,
-        email="admin@example.com",
-        password=secrets.token_urlsafe(12),
-        token=secrets.token_hex(20),
-        port=free_port(),
-        roles=True,  # DJANGO_SETTINGS_MODULE=medcrowd.lsplugin.settings, as `up --roles` does
-    )
-    with pytest.MonkeyPatch.context() as mp:  # the child's environment comes from ours
-        mp.setenv("MEDCROWD_AUTH_RATE_PER_MINUTE", str(RATE_PER_MINUTE))
-        env = proc.environment()
-        proc.start()
-    try:
+    extra = {"MEDCROWD_AUTH_RATE_PER_MINUTE": str(RATE_PER_MINUTE)}
+    # roles: DJANGO_SETTINGS_MODULE=medcrowd.lsplugin.settings, as `up --roles` does
+    with label_studio_process(data_dir, roles=True, env=extra) as proc:
+        env = {**proc.environment(), **extra}  # what the child got
         yield Plugged(proc.url, Studio(proc.url, proc.token), proc.email, data_dir, env)
-    finally:
-        proc.stop()
 
 
 def _django(env: dict[str, str], script: str, payload: Any) -> Any:
