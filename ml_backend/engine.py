@@ -19,6 +19,8 @@ Example (``predictor`` a :class:`~ml_backend.predictors.BoxPredictor`)::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import math
 import threading
@@ -32,13 +34,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ml_backend.clicks import ClickMemory
+from ml_backend.clicks import ClickMemory, Regions
 from ml_backend.config import BackendConfig
 from ml_backend.errors import InvalidInput
 from ml_backend.images import ImageFetcher, label_studio_auth_header
 from ml_backend.labeling import (
     HINT_CONTROL,
     LabelingConfig,
+    Prompt,
     brush_result,
     parse_label_config,
     prompt_from_context,
@@ -182,6 +185,8 @@ class Engine:
         self._warm_lock = threading.Lock()
         self.clicks = ClickMemory(max_regions=click_regions)
         """Previous logits per (task, annotator, region), for refinement clicks."""
+        self.regions = Regions(max_regions=click_regions)
+        """Each (task, annotator, label)'s current region: its box and clicks so far."""
         self.feed_logits = bool(getattr(predictor, "refines_with_logits", True))
         """Whether a click is answered with the region's previous logits as ``mask_input``
         (the predictor's ``refines_with_logits``: False for the stock LiteMedSAM, which
@@ -242,7 +247,9 @@ class Engine:
         if prompt is None:
             return []
         annotator = context.get("annotator") or context.get("user") or context.get("user_id")
-        key = (str(task.get("id", "")), str(annotator or ""), prompt.region)
+        owner = (str(task.get("id", "")), str(annotator or ""), prompt.label)
+        prompt = self._in_region(owner, prompt)
+        key = (owner[0], owner[1], prompt.region)
         with self.lock:
             self.predictor.set_image(image)
             if not prompt.points and prompt.box_xyxy is not None:
@@ -260,7 +267,31 @@ class Engine:
         mask, score = answer.mask, answer.score
         result = brush_result(mask, prompt.label, config.brush_name, config.image_name)
         result["score"] = float(score)
+        # one id per region: Label Studio's accept replaces the region's earlier mask with
+        # the refined one (an existing area with the suggestion's id is overwritten)
+        result["id"] = _region_id(key)
         return {"result": [result], "score": float(score), "model_version": self.model_version}
+
+    def _in_region(self, owner: tuple[str, str, str], prompt: Prompt) -> Prompt:
+        """The prompt with its region's box and earlier clicks (:class:`Regions`).
+
+        A box starts the ``(task, annotator, label)`` owner's region; clicks without a box
+        (what Label Studio's page sends) refine the owner's last box, with every click on it
+        so far. Clicks before any box stay clicks alone.
+        """
+        if prompt.box_xyxy is not None:
+            self.regions.start(owner, prompt.box_xyxy, prompt.region, prompt.points, prompt.labels)
+            return prompt
+        state = self.regions.click(owner, prompt.points, prompt.labels)
+        if state is None:
+            return prompt
+        return dataclasses.replace(
+            prompt,
+            box_xyxy=state.box_xyxy,
+            points=state.points,
+            labels=state.labels,
+            region=state.region,
+        )
 
     def _draft(self, url: Any, config: LabelingConfig) -> dict[str, Any] | list[Any]:
         """The draft segmenter's whole-image mask (prompt-free pre-annotation), or ``[]``
@@ -497,6 +528,11 @@ class _StudioTasks:
             "/api/predictions",
             json={"task": task_id, "result": result, "model_version": version, "score": score},
         )
+
+
+def _region_id(key: tuple[str, str, str]) -> str:
+    """A Label Studio region id (10 characters) that stays the same for one region."""
+    return "mc" + hashlib.sha1("\x1f".join(key).encode(), usedforsecurity=False).hexdigest()[:8]
 
 
 def _contiguous(indices: list[int], index: int, reach: int) -> list[int]:
