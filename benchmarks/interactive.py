@@ -1,21 +1,31 @@
-"""Box, then clicks: the CVPR 2025 interactive protocol on the 30 SAM-Med2D masks.
+"""Box, then clicks: the CVPR 2025 interactive protocol, per predictor, on the evaluation sets.
 
-Per mask (the evaluation set; nothing is tuned on it): the tight box of the expert mask →
-mask; then up to 5 clicks, each at the point deepest inside the largest error region (a
-missed part → positive click, a false part → negative click; the distance-transform maximum,
-as in the challenge's simulator), with every click so far given again. Two ways to refine:
+Data (evaluation sets only; nothing is tuned on them): the 30 SAM-Med2D demo masks, and the
+14 DRIVE ``test/`` images (the vessel tree of ``manual1``; its tight box is about the whole
+field of view). Per mask: the tight box of the expert mask → mask; then up to 5 clicks, each
+at the point deepest inside the largest error region (:func:`ml_backend.click_training.next_click`:
+a missed part → positive click, a false part → negative click; the distance-transform
+maximum, as in the challenge's simulator), with every click so far given again. Two ways to
+refine:
 
 * ``clicks``: box + all clicks;
 * ``clicks+logits``: box + all clicks + the previous answer's logits as ``mask_input``
   (the SAM / CVPR 2025 recipe).
 
-Printed: mean Dice after 0..5 clicks, the area under the Dice-vs-clicks curve (normalised
-to [0, 1]), NoC@85 / NoC@90 (clicks needed, 6 when never reached, mean), ms per click
-in-process, and the warm refinement click through HTTP (the real backend app under uvicorn on
-loopback: ``/predict`` with the box and the keypoints in ``params.context`` as Label Studio
-sends them; p50 / p95).
+Predictors: ``litemedsam`` (as shipped), ``litemedsam-clicks`` (the click-aware decoder of
+``medcrowd train clicks``; its box-only answer is the stock one, and the line
+``box via click decoder`` gives the click decoder's own box-only Dice), ``sam_vit_b`` etc.
+when ``--checkpoint`` is given.
 
-    python benchmarks/interactive.py [--clicks 5] [--http-repeats 40]
+Printed per predictor and data set: mean Dice after 0..5 clicks, the area under the
+Dice-vs-clicks curve (normalised to [0, 1]), NoC@85 / NoC@90 (clicks needed, 6 when never
+reached, mean), ms per click in-process (p50 / p95), and with ``--http-repeats N`` the warm
+refinement click through HTTP (the real backend app under uvicorn on loopback: ``/predict``
+with the box and the keypoints in ``params.context`` as Label Studio sends them; p50 / p95).
+``--markdown`` prints the tables as in docs/interactive.md.
+
+    python benchmarks/interactive.py [--predictors litemedsam,litemedsam-clicks]
+        [--datasets sammed2d,drive] [--clicks 5] [--http-repeats 40] [--threads 1]
 """
 
 from __future__ import annotations
@@ -29,12 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fusion.metrics import dice  # noqa: E402
+from ml_backend.click_training import next_click  # noqa: E402
 from ml_backend.predictors import get_predictor  # noqa: E402
 from tests.helpers import (  # noqa: E402
     ThreadedServer,
@@ -45,25 +55,6 @@ from tests.helpers import (  # noqa: E402
 )
 
 VARIANTS = ("clicks", "clicks+logits")
-
-
-def next_click(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, int] | None:
-    """``(x, y, label)`` at the deepest point of the largest error region, or None."""
-    best: tuple[int, np.ndarray, int] | None = None
-    for error, label in ((truth & ~pred, 1), (pred & ~truth, 0)):
-        labels, count = ndimage.label(error)
-        if count == 0:
-            continue
-        sizes = ndimage.sum(error, labels, index=np.arange(1, count + 1))
-        k = int(np.argmax(sizes))
-        if best is None or sizes[k] > best[0]:
-            best = (int(sizes[k]), labels == k + 1, label)
-    if best is None:
-        return None
-    region = np.pad(best[1], 1)
-    depth = ndimage.distance_transform_edt(region)[1:-1, 1:-1]
-    row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
-    return float(col) + 0.5, float(row) + 0.5, best[2]
 
 
 def run_protocol(predictor: Any, organs: list[Any], clicks: int) -> dict[str, np.ndarray]:
@@ -171,39 +162,113 @@ def _keypoint(click: tuple[float, float, int], width: int, height: int) -> dict[
     }
 
 
+def drive_test(root: Path) -> list[Any]:
+    """The 14 DRIVE test images with their ``manual1`` vessel tree (an evaluation set)."""
+    from PIL import Image
+
+    base = root / "drive" / "test"
+
+    class Vessels:
+        def __init__(self, image_path: Path, mask_path: Path) -> None:
+            self.image_path = image_path
+            self.mask_path = mask_path
+
+        def load(self) -> tuple[np.ndarray, np.ndarray]:
+            image = np.asarray(Image.open(self.image_path).convert("RGB"))
+            return image, np.asarray(Image.open(self.mask_path)) > 0
+
+    return [
+        Vessels(p, base / "manual1" / f"{p.stem.split('_')[0]}_manual1.gif")
+        for p in sorted((base / "images").glob("*.tif"))
+    ]
+
+
+def box_only_dice(predictor: Any, organs: list[Any]) -> float:
+    """Mean Dice of the click decoder's own box-only answer (``litemedsam-clicks``)."""
+    predictor.box_only_decoder = "clicks"
+    try:
+        scores = []
+        for organ in organs:
+            image, truth = organ.load()
+            predictor.set_image(image)
+            scores.append(dice(predictor.predict(box=tight_box(truth)).mask, truth))
+    finally:
+        predictor.box_only_decoder = "stock"
+    return float(np.mean(scores))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clicks", type=int, default=5)
-    parser.add_argument("--http-repeats", type=int, default=40)
-    parser.add_argument("--predictor", default="litemedsam")
+    parser.add_argument("--http-repeats", type=int, default=0, help="0: skip the HTTP timing")
+    parser.add_argument("--predictors", default="litemedsam,litemedsam-clicks")
+    parser.add_argument("--datasets", default="sammed2d,drive")
     parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as loaded)")
+    parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
-    organs = sammed2d_masks(shared_data_dir())
-    if len(organs) != 30:
-        raise SystemExit(f"expected the 30 SAM-Med2D masks, found {len(organs)}")
-    with tempfile.TemporaryDirectory() as tmp:
-        predictor = get_predictor(
-            args.predictor, device="cpu", checkpoint=args.checkpoint, cache_dir=Path(tmp)
-        )
-        result = run_protocol(predictor, organs, args.clicks)
-        print(f"{args.predictor} on the 30 SAM-Med2D masks (tight box, then clicks at the "
-              "largest error region)")  # fmt: skip
-        header = "variant          " + " ".join(f"k={k:<5d}" for k in range(args.clicks + 1))
-        print(header + "  AUC    NoC@85 NoC@90")
-        for variant in VARIANTS:
-            curve = result[variant]
-            means = curve.mean(axis=0)
-            auc = float(np.trapezoid(means, dx=1.0) / max(args.clicks, 1))
-            print(f"{variant:16s} " + " ".join(f"{m:.3f}  " for m in means)
-                  + f" {auc:.3f}  {noc(curve, 0.85):.2f}   {noc(curve, 0.90):.2f}")  # fmt: skip
-        ms = result["ms"]
-        print(f"in-process refinement click: p50 {np.percentile(ms, 50):.0f} ms, "
-              f"p95 {np.percentile(ms, 95):.0f} ms ({ms.size} clicks)")  # fmt: skip
-        organ = next(o for o in organs if o.image_path.stem == "amos_0004_75")
-        p50, p95 = http_click_latency(predictor, organ, args.http_repeats)
-        print(f"warm refinement click through HTTP: p50 {p50:.0f} ms, p95 {p95:.0f} ms "
-              f"({args.http_repeats} clicks; goal p95 <= 80 ms)")  # fmt: skip
+    import torch
+
+    root = shared_data_dir()
+    sets: dict[str, list[Any]] = {}
+    for name in args.datasets.split(","):
+        if name == "sammed2d":
+            sets[name] = sammed2d_masks(root)
+            if len(sets[name]) != 30:
+                raise SystemExit(f"expected the 30 SAM-Med2D masks, found {len(sets[name])}")
+        elif name == "drive":
+            sets[name] = drive_test(root)
+            if len(sets[name]) != 14:
+                raise SystemExit(f"expected the 14 DRIVE test images, found {len(sets[name])}")
+        else:
+            raise SystemExit(f"unknown data set {name!r} (sammed2d, drive)")
+    rows = []
+    for name in args.predictors.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = args.checkpoint if name not in ("litemedsam",) else None
+            predictor = get_predictor(name, device="cpu", checkpoint=checkpoint,
+                                      cache_dir=Path(tmp))  # fmt: skip
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            for set_name, organs in sets.items():
+                result = run_protocol(predictor, organs, args.clicks)
+                ms = result["ms"]
+                for variant in VARIANTS:
+                    curve = result[variant]
+                    means = curve.mean(axis=0)
+                    auc = float(np.trapezoid(means, dx=1.0) / max(args.clicks, 1))
+                    rows.append((name, set_name, variant, means, auc, noc(curve, 0.85),
+                                 noc(curve, 0.90), ms))  # fmt: skip
+                if hasattr(predictor, "box_only_decoder"):
+                    own = box_only_dice(predictor, organs)
+                    print(f"{name} {set_name}: box via click decoder {own:.3f}")
+                print_rows(rows[-len(VARIANTS) :], args.clicks, args.markdown)
+            if args.http_repeats > 0 and "sammed2d" in sets:
+                organ = next(o for o in sets["sammed2d"] if o.image_path.stem == "amos_0004_75")
+                p50, p95 = http_click_latency(predictor, organ, args.http_repeats)
+                print(f"{name}: warm refinement click through HTTP: p50 {p50:.0f} ms, p95 "
+                      f"{p95:.0f} ms ({args.http_repeats} clicks; goal p95 <= 80 ms)")  # fmt: skip
+    print("\nall rows:")
+    print_rows(rows, args.clicks, args.markdown)
     print("timings on a shared 2-core machine under load from other jobs")
+
+
+def print_rows(rows: list[Any], clicks: int, markdown: bool) -> None:
+    if markdown:
+        head = " | ".join(f"{k}" for k in range(clicks + 1))
+        print(f"| predictor | data | refinement | {head} | AUC | NoC@85 | NoC@90 | ms/click p50 |")
+        print("|" + "---|" * (clicks + 8))
+    for name, set_name, variant, means, auc, n85, n90, ms in rows:
+        p50 = float(np.percentile(ms, 50)) if ms.size else float("nan")
+        if markdown:
+            cells = " | ".join(f"{m:.3f}" for m in means)
+            print(f"| {name} | {set_name} | {variant} | {cells} | {auc:.3f} | {n85:.2f} | "
+                  f"{n90:.2f} | {p50:.0f} |")  # fmt: skip
+        else:
+            cells = " ".join(f"{m:.3f}" for m in means)
+            print(f"{name:18s} {set_name:9s} {variant:14s} {cells}  AUC {auc:.3f}  NoC@85 "
+                  f"{n85:.2f}  NoC@90 {n90:.2f}  ms/click p50 {p50:.0f} p95 "
+                  f"{np.percentile(ms, 95) if ms.size else float('nan'):.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":

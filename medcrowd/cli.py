@@ -54,6 +54,7 @@ app.add_typer(
 app.add_typer(synth_app, name="synth")
 app.command("export")(export_command)
 app.add_typer(train_app, name="train")
+train_app.command("clicks")(__import__("medcrowd.cli_clicks", fromlist=["x"]).clicks_command)
 app.command("evaluate")(evaluate_command)
 app.command("select")(select_command)
 app.command("propagate")(propagate_command)

