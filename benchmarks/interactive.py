@@ -13,9 +13,9 @@ refine:
   (the SAM / CVPR 2025 recipe).
 
 Predictors: ``litemedsam`` (as shipped), ``litemedsam-clicks`` (the click-aware decoder of
-``medcrowd train clicks``; its box-only answer is the stock one, and the line
-``box via click decoder`` gives the click decoder's own box-only Dice), ``sam_vit_b`` etc.
-when ``--checkpoint`` is given.
+``medcrowd train clicks``, which also answers the box), ``litemedsam-clicks:stock-box`` (the
+same, but the box alone answered by the stock decoder), ``sam_vit_b`` etc. when
+``--checkpoint`` is given.
 
 Printed per predictor and data set: mean Dice after 0..5 clicks, the area under the
 Dice-vs-clicks curve (normalised to [0, 1]), NoC@85 / NoC@90 (clicks needed, 6 when never
@@ -24,7 +24,7 @@ refinement click through HTTP (the real backend app under uvicorn on loopback: `
 with the box and the keypoints in ``params.context`` as Label Studio sends them; p50 / p95).
 ``--markdown`` prints the tables as in docs/interactive.md.
 
-    python benchmarks/interactive.py [--predictors litemedsam,litemedsam-clicks]
+    python benchmarks/interactive.py [--predictors litemedsam,litemedsam-clicks,...]
         [--datasets sammed2d,drive] [--clicks 5] [--http-repeats 40] [--threads 1]
 """
 
@@ -183,25 +183,13 @@ def drive_test(root: Path) -> list[Any]:
     ]
 
 
-def box_only_dice(predictor: Any, organs: list[Any]) -> float:
-    """Mean Dice of the click decoder's own box-only answer (``litemedsam-clicks``)."""
-    predictor.box_only_decoder = "clicks"
-    try:
-        scores = []
-        for organ in organs:
-            image, truth = organ.load()
-            predictor.set_image(image)
-            scores.append(dice(predictor.predict(box=tight_box(truth)).mask, truth))
-    finally:
-        predictor.box_only_decoder = "stock"
-    return float(np.mean(scores))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--http-repeats", type=int, default=0, help="0: skip the HTTP timing")
-    parser.add_argument("--predictors", default="litemedsam,litemedsam-clicks")
+    parser.add_argument(
+        "--predictors", default="litemedsam,litemedsam-clicks,litemedsam-clicks:stock-box"
+    )
     parser.add_argument("--datasets", default="sammed2d,drive")
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as loaded)")
@@ -225,9 +213,14 @@ def main() -> None:
     rows = []
     for name in args.predictors.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = args.checkpoint if name not in ("litemedsam",) else None
-            predictor = get_predictor(name, device="cpu", checkpoint=checkpoint,
+            registry_name, _, routing = name.partition(":")
+            checkpoint = args.checkpoint if registry_name != "litemedsam" else None
+            predictor = get_predictor(registry_name, device="cpu", checkpoint=checkpoint,
                                       cache_dir=Path(tmp))  # fmt: skip
+            if routing == "stock-box":  # litemedsam-clicks answering a box alone as stock
+                predictor.box_only_decoder = "stock"  # type: ignore[attr-defined]
+            elif routing:
+                raise SystemExit(f"unknown routing {routing!r} (only :stock-box)")
             if args.threads:
                 torch.set_num_threads(args.threads)
             for set_name, organs in sets.items():
@@ -239,9 +232,6 @@ def main() -> None:
                     auc = float(np.trapezoid(means, dx=1.0) / max(args.clicks, 1))
                     rows.append((name, set_name, variant, means, auc, noc(curve, 0.85),
                                  noc(curve, 0.90), ms))  # fmt: skip
-                if hasattr(predictor, "box_only_decoder"):
-                    own = box_only_dice(predictor, organs)
-                    print(f"{name} {set_name}: box via click decoder {own:.3f}")
                 print_rows(rows[-len(VARIANTS) :], args.clicks, args.markdown)
             if args.http_repeats > 0 and "sammed2d" in sets:
                 organ = next(o for o in sets["sammed2d"] if o.image_path.stem == "amos_0004_75")
