@@ -61,14 +61,11 @@ import io
 import json
 import math
 import os
-import secrets
-import shlex
 import shutil
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,8 +78,18 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from medcrowd.embedded import BackendProcess, LabelStudioProcess, free_port  # noqa: E402
-from medcrowd.settings import config_path  # noqa: E402
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _stack import (  # noqa: E402
+    Stack,
+    add_stack_arguments,
+    import_tasks,
+    new_project,
+    running_stack,
+    shared_data,
+    stepper,
+)
+
 from medcrowd.studio import RetryPolicy, Studio  # noqa: E402
 from medcrowd.volunteer_sim import Volunteer, make_volunteers  # noqa: E402
 
@@ -351,33 +358,6 @@ def _machine_ticks() -> tuple[float, float]:
 # ------------------------------------------------------------------ the services
 
 
-@dataclass
-class BenchBackend(BackendProcess):
-    """:class:`BackendProcess` with extra ``medcrowd backend serve`` arguments."""
-
-    extra_args: list[str] = field(default_factory=list)
-
-    def _launch(self, cmd: list[str], env: dict[str, str], log: Path, timeout_s: float) -> None:
-        super()._launch([*cmd, *self.extra_args], env, log, timeout_s)
-
-
-def credentials(data_dir: Path) -> dict[str, str]:
-    """The admin of a (possibly reused) Label Studio data directory, kept there (0600)."""
-    path = data_dir / "bench-credentials.json"
-    if path.exists():
-        return dict(json.loads(path.read_text()))
-    data_dir.mkdir(parents=True, exist_ok=True)
-    creds = {
-        "email": "admin@example.com",
-        "password": secrets.token_urlsafe(12),
-        "token": secrets.token_hex(20),
-    }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(creds, fh)
-    return creds
-
-
 # ------------------------------------------------------------------ the run
 
 
@@ -410,65 +390,21 @@ def auto_tasks(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Start Label Studio and the backend once, then run every (volunteers, think) point."""
-    data = Path(os.environ.get("MEDCROWD_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not (data / "sammed2d_demo").is_dir():
-        raise SystemExit(f"sammed2d_demo not found under {data}; set MEDCROWD_SHARED_DATA")
+    data = shared_data()
     work = Path(tempfile.mkdtemp(prefix="medcrowd-load-"))
-    ls_dir = Path(args.ls_data_dir) if args.ls_data_dir else work / "label-studio"
-    creds = credentials(ls_dir)
-    ls_kwargs: dict[str, Any] = {}
-    if args.ls_server != "dev" or args.no_wal:
-        ls_kwargs = {"server": args.ls_server, "workers": args.ls_workers,
-                     "threads": args.ls_threads, "sqlite_wal": not args.no_wal}  # fmt: skip
-    ls = LabelStudioProcess(
-        data_dir=ls_dir,
-        email=creds["email"],
-        password=creds["password"],
-        token=creds["token"],
-        port=free_port(),
-        **ls_kwargs,
-    )
-    backend: BenchBackend | None = None
-    step = _stepper()
+    step = stepper()
     results = []
     try:
-        step(f"starting Label Studio ({args.ls_server})")
-        ls.start()
-        cache_dir = work / "backend-cache"
-        cache_dir.mkdir()
-        if args.model_cache:
-            shared = Path(args.model_cache).expanduser().resolve() / "onnx"
-            shared.mkdir(parents=True, exist_ok=True)
-            (cache_dir / "onnx").symlink_to(shared, target_is_directory=True)
-        extra = ["--workers", str(args.backend_workers)] if args.backend_workers > 1 else []
-        if args.backend_threads is not None:
-            extra += ["--threads", str(args.backend_threads)]
-        extra += shlex.split(args.backend_extra)
-        backend = BenchBackend(
-            port=free_port(),
-            label_studio_url=ls.url,
-            token=ls.token,
-            basic_auth=("labelstudio", secrets.token_urlsafe(16)),
-            log_path=work / "backend.log",
-            cache_dir=cache_dir,
-            predictor=args.predictor,
-            extra_args=extra,
-        )
-        step(f"starting the backend ({args.backend_workers} worker(s))")
-        backend.start(timeout_s=600)
-        admin = Studio(ls.url, ls.token)
-        for volunteers in args.volunteer_list:
-            for think in args.think_list:
-                point = argparse.Namespace(**{**vars(args), "volunteers": volunteers,
-                                              "think": think})  # fmt: skip
-                results.append(run_point(point, data, ls, backend, admin, work, step))
-                if len(args.volunteer_list) * len(args.think_list) > 1:
-                    print_table(results[-1])
+        with running_stack(args, work, step) as stack:
+            for volunteers in args.volunteer_list:
+                for think in args.think_list:
+                    point = argparse.Namespace(**{**vars(args), "volunteers": volunteers,
+                                                  "think": think})  # fmt: skip
+                    results.append(run_point(point, data, stack, work, step))
+                    if len(args.volunteer_list) * len(args.think_list) > 1:
+                        print_table(results[-1])
         return results
     finally:
-        if backend is not None:
-            backend.stop()
-        ls.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
@@ -478,38 +414,21 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def run_point(
     args: argparse.Namespace,
     data: Path,
-    ls: LabelStudioProcess,
-    backend: BenchBackend,
-    admin: Studio,
+    stack: Stack,
     work: Path,
     step: Callable[[str], None],
 ) -> dict[str, Any]:
     """One measurement: a fresh project, ``args.volunteers`` volunteers for ``args.duration``."""
     load_before = os.getloadavg()
-    cache_dir = backend.cache_dir
-    pid = admin.ensure_project(
-        f"load {uuid.uuid4().hex[:8]}",
-        config_path("labeling_box_brush.xml").read_text(),
-        maximum_annotations=args.overlap,
-    )
+    ls, backend, admin = stack.ls, stack.backend, stack.admin
+    pid = new_project(stack, "load", args.overlap)
     tasks = args.tasks or auto_tasks(args)
     step(f"making {tasks} task images")
     truth = work / f"truth-{pid}"
     files = make_tasks(data, tasks, truth)
-    if args.prewarm:
-        ml_id = admin.connect_backend(pid, backend.url, backend.basic_auth)
-    before = len(list((cache_dir / "embeddings").glob("*.npz")))
-    step(f"importing {tasks} images")
-    imported = admin.import_images(pid, files)
-    if imported.created != tasks:
-        raise SystemExit(f"{imported.created} of {tasks} tasks imported: {imported.failed}")
-    if args.prewarm:
-        step("waiting for the backend to pre-compute the embeddings (webhook)")
-        # every point imports the same images (make_tasks is deterministic): embeddings a
-        # previous point computed are already on disk under their content hash
-        _wait_for_files(cache_dir / "embeddings", max(before, tasks), timeout_s=30 + 10 * tasks)
-    else:
-        ml_id = admin.connect_backend(pid, backend.url, backend.basic_auth)
+    # every point imports the same images (make_tasks is deterministic): embeddings a
+    # previous point computed are already on disk under their content hash
+    ml_id = import_tasks(stack, pid, files, prewarm=args.prewarm, step=step)
     if args.no_prelabel:
         # "Use predictions to pre-label tasks" off: /next no longer makes Label Studio call
         # the backend's /predict for the task (it answers [] anyway without a draft model)
@@ -569,24 +488,6 @@ def run_point(
     result = report(args, rec, sampler, run_s, verify, load_before, tasks, work)
     result["busy_answers_waited_out"] = sum(v.busy_answers for v in crowd)
     return result
-
-
-def _stepper() -> Callable[[str], None]:
-    start = time.monotonic()
-
-    def step(message: str) -> None:
-        print(f"[{time.monotonic() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
-
-    return step
-
-
-def _wait_for_files(folder: Path, count: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if folder.is_dir() and len(list(folder.glob("*.npz"))) >= count:
-            return
-        time.sleep(1.0)
-    raise SystemExit(f"the backend pre-computed fewer than {count} embeddings in {timeout_s} s")
 
 
 def verify_annotations(admin: Studio, project_id: int, submitted: list[int]) -> dict[str, Any]:
@@ -830,57 +731,19 @@ def main() -> None:
         "--models", default=DEFAULT_MODELS, help="annotator models, cycled over the volunteers"
     )
     ap.add_argument(
-        "--backend-workers",
-        type=int,
-        default=1,
-        help="backend processes (passed as --workers when > 1)",
-    )
-    ap.add_argument(
-        "--backend-threads",
-        type=int,
-        default=None,
-        help="the backend's --threads (default: its own)",
-    )
-    ap.add_argument(
-        "--ls-server",
-        default="dev",
-        choices=["dev", "gunicorn"],
-        help="dev: label-studio start; gunicorn: its WSGI app under gunicorn",
-    )
-    ap.add_argument(
-        "--ls-workers", type=int, default=1, help="gunicorn processes (>1 needs PostgreSQL)"
-    )
-    ap.add_argument("--ls-threads", type=int, default=8, help="gunicorn threads per process")
-    ap.add_argument("--no-wal", action="store_true", help="leave SQLite in rollback-journal mode")
-    ap.add_argument(
-        "--backend-extra",
-        default="",
-        help="more `medcrowd backend serve` options, e.g. '--max-queue 4'",
-    )
-    ap.add_argument(
         "--no-prelabel",
         action="store_true",
         help="turn the project's 'use predictions to pre-label' off (a cheaper /next)",
     )
-    ap.add_argument("--predictor", default="litemedsam")
     ap.add_argument(
         "--prewarm",
         action="store_true",
         help="connect the backend before the import so its webhook pre-computes "
         "every embedding (then box_cold is rare)",
     )
+    add_stack_arguments(ap)
     ap.add_argument("--timeout", type=float, default=60.0, help="client request timeout (s)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--ls-data-dir",
-        default=None,
-        help="keep Label Studio's data here between runs (restarts skip migrations)",
-    )
-    ap.add_argument(
-        "--model-cache",
-        default=None,
-        help="folder for the backend's exported ONNX models, reused between runs",
-    )
     ap.add_argument("--out", default=None, help="JSON results (default: load_volunteers.json)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, data)")
     args = ap.parse_args()

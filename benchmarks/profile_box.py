@@ -32,7 +32,6 @@ import argparse
 import http.server
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -40,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +50,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from load_volunteers import (  # noqa: E402
-    BenchBackend,
-    _proc_rss_ticks,
-    credentials,
-    make_tasks,
-)
+import _stack  # noqa: E402
+from load_volunteers import _proc_rss_ticks, make_tasks  # noqa: E402
 from profile_flame import IDLE, read_stacks, stage_shares, write_svg  # noqa: E402
 
-from medcrowd.embedded import LabelStudioProcess, free_port  # noqa: E402
-from medcrowd.settings import config_path  # noqa: E402
-from medcrowd.studio import Studio  # noqa: E402
 from medcrowd.volunteer_sim import brush_result, rectangle  # noqa: E402
 
 _HZ = os.sysconf("SC_CLK_TCK")
@@ -274,92 +266,24 @@ def analyse(phases: list[dict[str, Any]], roots: Any, out: Path, tag: str) -> di
     return stages
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--ls-server", default="dev", choices=["dev", "gunicorn"])
-    ap.add_argument("--ls-workers", type=int, default=1, help="gunicorn processes (>1: PostgreSQL)")
-    ap.add_argument("--ls-threads", type=int, default=8)
-    ap.add_argument("--no-wal", action="store_true", help="leave SQLite in its rollback journal")
-    ap.add_argument("--backend-threads", type=int, default=None, help="--threads of the backend")
-    ap.add_argument("--images", type=int, default=4)
-    ap.add_argument("--requests", type=int, default=30, help="requests per phase")
-    ap.add_argument("--submits", type=int, default=8)
-    ap.add_argument("--py-spy", action="store_true", help="sample both trees with py-spy")
-    ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
-    ap.add_argument("--decoder", action="store_true", help="time the decoder in this process")
-    ap.add_argument("--ls-data-dir", default=None, help="reuse a Label Studio data directory")
-    ap.add_argument("--model-cache", default=None, help="folder for the exported ONNX models")
-    ap.add_argument("--out-dir", default="profile-out")
-    ap.add_argument("--tag", default="", help="suffix of the output file names")
-    ap.add_argument(
-        "--analyse",
-        default=None,
-        metavar="JSON",
-        help="only redo the stages and flame graphs of an earlier run (its profile JSON)",
-    )
-    args = ap.parse_args()
-    if args.analyse:
-        path = Path(args.analyse)
-        if not path.is_file():
-            raise SystemExit(f"error: no such file: {path}")
-        result = json.loads(path.read_text())
-        tag = path.stem.removeprefix("profile")
-        trees = ("label_studio", "backend")
-        result["cpu_ms_per_request_by_stage"] = analyse(result["phases"], trees, path.parent, tag)
-        path.write_text(json.dumps(result, indent=2))
-        print(json.dumps(result["cpu_ms_per_request_by_stage"], indent=1))
-        return
-    data = Path(os.environ.get("MEDCROWD_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not (data / "sammed2d_demo").is_dir():
-        raise SystemExit(f"error: sammed2d_demo not found under {data}; set MEDCROWD_SHARED_DATA")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = f"-{args.tag}" if args.tag else ""
-    work = Path(tempfile.mkdtemp(prefix="medcrowd-profile-"))
-    ls_dir = Path(args.ls_data_dir) if args.ls_data_dir else work / "label-studio"
-    creds = credentials(ls_dir)
-    ls_kwargs: dict[str, Any] = {}
-    if args.ls_server != "dev" or args.no_wal:  # keeps the script runnable on older trees
-        ls_kwargs = {"server": args.ls_server, "workers": args.ls_workers,
-                     "threads": args.ls_threads, "sqlite_wal": not args.no_wal}  # fmt: skip
-    ls = LabelStudioProcess(data_dir=ls_dir, email=creds["email"], password=creds["password"],
-                            token=creds["token"], port=free_port(), **ls_kwargs)  # fmt: skip
-    backend: BenchBackend | None = None
+def profile(
+    args: argparse.Namespace,
+    data: Path,
+    out: Path,
+    tag: str,
+    work: Path,
+    stack: _stack.Stack,
+    step: Callable[[str], None],
+) -> None:
+    """The warm-up, the phases, the payload probe; writes ``out/profile<tag>.json``."""
+    ls, backend, admin, cache_dir = stack.ls, stack.backend, stack.admin, stack.cache_dir
     proxy: http.server.ThreadingHTTPServer | None = None
-    t0 = time.monotonic()
-
-    def step(message: str) -> None:
-        print(f"[{time.monotonic() - t0:6.1f} s] {message}", file=sys.stderr, flush=True)
-
     try:
-        step(f"starting Label Studio ({args.ls_server})")
-        ls.start()
-        cache_dir = work / "backend-cache"
-        cache_dir.mkdir()
-        if args.model_cache:
-            shared = Path(args.model_cache).expanduser().resolve() / "onnx"
-            shared.mkdir(parents=True, exist_ok=True)
-            (cache_dir / "onnx").symlink_to(shared, target_is_directory=True)
-        extra = [] if args.backend_threads is None else ["--threads", str(args.backend_threads)]
-        backend = BenchBackend(port=free_port(), label_studio_url=ls.url, token=ls.token,
-                               basic_auth=("labelstudio", secrets.token_urlsafe(16)),
-                               log_path=work / "backend.log", cache_dir=cache_dir,
-                               extra_args=extra)  # fmt: skip
-        step("starting the backend")
-        backend.start(timeout_s=600)
-        admin = Studio(ls.url, ls.token, timeout_s=120)
-        pid = admin.ensure_project(f"profile {uuid.uuid4().hex[:8]}",
-                                   config_path("labeling_box_brush.xml").read_text(),
-                                   maximum_annotations=50)  # fmt: skip
-        ml_id = admin.connect_backend(pid, backend.url, backend.basic_auth)
+        pid = _stack.new_project(stack, "profile", overlap=50)
         files = make_tasks(data, args.images, work / "truth")
-        admin.import_images(pid, files)
+        ml_id = _stack.import_tasks(stack, pid, files, prewarm=True, step=step,
+                             timeout_s=60 + 30 * len(files))  # fmt: skip
         tasks = admin.tasks(pid)
-        step(f"imported {len(tasks)} images; waiting for the webhook's embeddings")
-        deadline = time.monotonic() + 60 + 30 * len(tasks)
-        emb = cache_dir / "embeddings"
-        while time.monotonic() < deadline and len(list(emb.glob("*.npz"))) < len(tasks):
-            time.sleep(1)
         masks = {p.stem: np.asarray(__import__("PIL.Image").Image.open(p)) > 0
                  for p in (work / "truth").glob("*.png")}  # fmt: skip
 
@@ -472,9 +396,47 @@ def main() -> None:
     finally:
         if proxy is not None:
             proxy.shutdown()
-        if backend is not None:
-            backend.stop()
-        ls.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    _stack.add_stack_arguments(ap)
+    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--requests", type=int, default=30, help="requests per phase")
+    ap.add_argument("--submits", type=int, default=8)
+    ap.add_argument("--py-spy", action="store_true", help="sample both trees with py-spy")
+    ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    ap.add_argument("--decoder", action="store_true", help="time the decoder in this process")
+    ap.add_argument("--out-dir", default="profile-out")
+    ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument(
+        "--analyse",
+        default=None,
+        metavar="JSON",
+        help="only redo the stages and flame graphs of an earlier run (its profile JSON)",
+    )
+    args = ap.parse_args()
+    if args.analyse:
+        path = Path(args.analyse)
+        if not path.is_file():
+            raise SystemExit(f"error: no such file: {path}")
+        result = json.loads(path.read_text())
+        tag = path.stem.removeprefix("profile")
+        trees = ("label_studio", "backend")
+        result["cpu_ms_per_request_by_stage"] = analyse(result["phases"], trees, path.parent, tag)
+        path.write_text(json.dumps(result, indent=2))
+        print(json.dumps(result["cpu_ms_per_request_by_stage"], indent=1))
+        return
+    data = _stack.shared_data()
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"-{args.tag}" if args.tag else ""
+    work = Path(tempfile.mkdtemp(prefix="medcrowd-profile-"))
+    step = _stack.stepper()
+    try:
+        with _stack.running_stack(args, work, step) as stack:
+            profile(args, data, out, tag, work, stack, step)
+    finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
