@@ -92,13 +92,19 @@ def test_a_tiny_seeded_run_changes_the_decoder_and_lowers_the_loss(
     image_of = [s.image for s in structures]
     stock = {k: v.clone() for k, v in lite.prompt_decoder.state_dict().items()}
 
-    def run() -> ClickDecoderTrainer:
+    def run(steps: int) -> ClickDecoderTrainer:
         trainer = ClickDecoderTrainer(
-            steps=10, batch_size=4, lr=1e-3, rounds=3, box_only_rate=0.0, seed=3
+            steps=steps, batch_size=2, lr=1e-3, rounds=3, box_only_rate=0.0, seed=3
         )
         return trainer.fit(lite.prompt_decoder, embeddings, targets, image_of, sizes)
 
-    trainer = run()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core box one thread is several times faster
+    try:
+        trainer = run(8)
+        short, again = run(2), run(2)
+    finally:
+        torch.set_num_threads(threads)
     for key, value in lite.prompt_decoder.state_dict().items():  # the teacher is untouched
         assert torch.equal(value, stock[key]), key
     assert trainer.decoder_ is not None
@@ -106,12 +112,11 @@ def test_a_tiny_seeded_run_changes_the_decoder_and_lowers_the_loss(
     changed = [k for k in stock if not torch.equal(stock[k], trained[k])]
     assert len(changed) > len(stock) // 2
     losses = [step["loss"] for step in trainer.losses_]
-    assert len(losses) == 10 and all(np.isfinite(losses))
+    assert len(losses) == 8 and all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
-    again = run()  # seeded: the same run gives the same weights
-    assert again.decoder_ is not None
-    for key, value in again.decoder_.state_dict().items():
-        assert torch.equal(value, trained[key]), key
+    assert short.decoder_ is not None and again.decoder_ is not None
+    for key, value in again.decoder_.state_dict().items():  # seeded: same run, same weights
+        assert torch.equal(value, short.decoder_.state_dict()[key]), key
 
 
 def test_the_shipped_weights_match_their_json() -> None:
