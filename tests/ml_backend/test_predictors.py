@@ -50,11 +50,19 @@ def _mlt() -> Any:
 
 
 def test_registry_names() -> None:
-    assert list(PREDICTORS) == ["litemedsam", "medsam", "sam_vit_b", "sam_vit_l", "sam_vit_h"]
+    assert list(PREDICTORS) == [
+        "litemedsam",
+        "litemedsam-clicks",
+        "medsam",
+        "sam_vit_b",
+        "sam_vit_l",
+        "sam_vit_h",
+    ]
 
 
 def test_unknown_name_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="litemedsam, medsam, sam_vit_b, sam_vit_l, sam_vit_h"):
+    valid = "litemedsam, litemedsam-clicks, medsam, sam_vit_b, sam_vit_l, sam_vit_h"
+    with pytest.raises(ValueError, match=valid):
         get_predictor("medsam2")
 
 
