@@ -192,7 +192,8 @@ def box_prompt_from_context(
     y0 = max(0.0, y) / 100.0 * height
     x1 = min(100.0, x + w) / 100.0 * width
     y1 = min(100.0, y + h) / 100.0 * height
-    if x1 - x0 < 1.0 or y1 - y0 < 1.0:
+    eps = 1e-6  # percent → pixel round trips lose the last bit: 1 px can come back 0.9999…
+    if x1 - x0 < 1.0 - eps or y1 - y0 < 1.0 - eps:
         raise InvalidInput(
             f"box is smaller than one pixel of the {width}x{height} image; draw a larger box"
         )

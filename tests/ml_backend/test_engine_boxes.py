@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from medcrowd.volunteer_sim import rectangle
 from tests.helpers import XML, ImageHost, sammed2d_masks, serve_backend
@@ -26,11 +25,6 @@ from tests.helpers import XML, ImageHost, sammed2d_masks, serve_backend
 ONE_PIXEL_WIDE = [2 / 3, 10.0, 2 / 3 + 1, 60.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the one-pixel tolerance in ml_backend/labeling.py (issue 15 hand-off); "
-    "remove this marker with that fix",
-)
 def test_a_one_pixel_wide_box_is_answered(litemedsam: Any, shared_data: Path) -> None:
     organ = next(m for m in sammed2d_masks(shared_data) if m.image_path.stem == "s0619_32")
     image, _ = organ.load()
