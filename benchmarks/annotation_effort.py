@@ -248,6 +248,9 @@ def main() -> int:
     parser.add_argument("--drive-images", type=int, default=5, help="DRIVE test images to use")
     parser.add_argument("--json", type=Path, default=None, help="write per-structure rows here")
     parser.add_argument("--verbose", action="store_true", help="print every structure")
+    parser.add_argument(
+        "--predictor", default="litemedsam", help="litemedsam | litemedsam-clicks (box answer)"
+    )
     _cost_model_args(parser)
     args = parser.parse_args()
     try:
@@ -275,7 +278,7 @@ def main() -> int:
     summaries: dict[str, dict[str, float]] = {}
     all_rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="medcrowd-effort-") as tmp:
-        predictor = get_predictor("litemedsam", device="cpu", cache_dir=Path(tmp))
+        predictor = get_predictor(args.predictor, device="cpu", cache_dir=Path(tmp))
         print(f"predictor ready in {time.perf_counter() - start:.0f} s", flush=True)
         for dataset_index, name in enumerate(DATASETS):
             if name not in args.datasets:
