@@ -20,6 +20,8 @@ from tests.helpers import (
     BackendHandle,
     StudioHandle,
     label_studio_process,
+    launch_chromium,
+    one_slice_project,
     serve_backend,
     shared_data_dir,
 )
@@ -88,12 +90,29 @@ def backend(label_studio: StudioHandle, litemedsam: Any) -> Iterator[BackendHand
         yield handle
 
 
-# -- a real browser (tests/e2e/test_*browser.py; steps in tests/e2e/_browser.py) -----------
+# -- a real browser (tests/e2e/test_*browser.py; steps in tests/helpers.py) -----------
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Headless Chromium (Debian's, ``MEDCROWD_CHROMIUM``) driven by Python Playwright, one
-    per test module; each test opens its own context (``tests.e2e._browser.open_page``)."""
-    from tests.e2e._browser import launch_chromium
-
+    per test module; each test opens its own context (``tests.helpers.open_page``)."""
     with launch_chromium() as chromium:
         yield chromium
+
+
+@pytest.fixture(scope="module")
+def liver_slice_task(
+    request: pytest.FixtureRequest,
+    label_studio: StudioHandle,
+    backend: BackendHandle,
+    shared_data: Path,
+) -> dict[str, Any]:
+    """A project (one per test module) with one CT slice, ``amos_0004_75``, our backend
+    connected and a volunteer who can log in; ``gt`` is the expert's liver mask, ``studio``
+    the admin's client (:func:`tests.helpers.one_slice_project`)."""
+    from medcrowd.studio import Studio
+
+    studio = Studio(label_studio.url, label_studio.token)
+    title = "e2e " + request.module.__name__.rsplit(".", 1)[-1]
+    slice_ = "amos_0004_75"
+    task = one_slice_project(studio, backend, shared_data, slice_, f"{slice_}_liver_000", title)
+    return {**task, "studio": studio}

@@ -13,76 +13,45 @@ Screenshots of the labelled task (mask shown, before and after submit) are writt
 
 from __future__ import annotations
 
-import secrets
-import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-from PIL import Image
 
-from medcrowd.settings import config_path
 from medcrowd.studio import Studio
-from tests.e2e._browser import (
-    NEEDS_BROWSER,
+from tests.helpers import (
+    StudioHandle,
     box_for_mask,
+    browser_marks,
     brush_union,
+    dice,
     log_in,
     open_page,
     screenshot,
     submit,
+    tight_box,
     wait_for_slice,
 )
-from tests.helpers import BackendHandle, StudioHandle, dice, tight_box
 
 SLICE = "amos_0004_75"
 ORGAN_MASK = f"{SLICE}_liver_000"
 TIMEOUT_MS = 60_000
 
-pytestmark = NEEDS_BROWSER
-
-
-@pytest.fixture(scope="module")
-def volunteer_task(
-    label_studio: StudioHandle, backend: BackendHandle, shared_data: Path
-) -> dict[str, Any]:
-    """A project with one slice, our backend connected, and a volunteer who can log in."""
-    studio = Studio(label_studio.url, label_studio.token)
-    project_id = studio.ensure_project(
-        f"e2e browser {uuid.uuid4().hex[:8]}", config_path("labeling_box_brush.xml").read_text()
-    )
-    image = shared_data / "sammed2d_demo" / "images" / f"{SLICE}.png"
-    report = studio.import_images(project_id, [(image.name, image.read_bytes())])
-    assert report.created == 1
-    studio.connect_backend(project_id, backend.url, backend.auth)
-    (task,) = list(studio.client.tasks.list(project=project_id))
-    email = f"volunteer-{uuid.uuid4().hex[:8]}@example.com"
-    password = secrets.token_urlsafe(12)
-    user_id, _ = studio.create_volunteer(email, password)
-    gt = np.asarray(Image.open(shared_data / "sammed2d_demo" / "masks" / f"{ORGAN_MASK}.png"))
-    return {
-        "studio": studio,
-        "project": project_id,
-        "task": int(task.id),
-        "email": email,
-        "password": password,
-        "user_id": user_id,
-        "gt": gt > 0,
-    }
+pytestmark = browser_marks()
 
 
 def test_volunteer_draws_box_and_submits_medsam_mask(
-    browser: Any, label_studio: StudioHandle, volunteer_task: dict[str, Any]
+    browser: Any, label_studio: StudioHandle, liver_slice_task: dict[str, Any]
 ) -> None:
     url = label_studio.url.rstrip("/")
-    gt: np.ndarray = volunteer_task["gt"]
+    gt: np.ndarray = liver_slice_task["gt"]
     shape = (int(gt.shape[0]), int(gt.shape[1]))
     with open_page(browser, TIMEOUT_MS, "browser_failure.png") as page:
-        log_in(page, url, volunteer_task["email"], volunteer_task["password"])
+        log_in(page, url, liver_slice_task["email"], liver_slice_task["password"])
 
         # Open the task in the labeling view and wait for the slice to load.
-        page.goto(f"{url}/projects/{volunteer_task['project']}/data?task={volunteer_task['task']}")
+        page.goto(
+            f"{url}/projects/{liver_slice_task['project']}/data?task={liver_slice_task['task']}"
+        )
         wait_for_slice(page)
         page.locator("[data-testid=bottombar-auto-annotation-toggle]").check(force=True)
         # With Auto-Annotation on, the smart (ML) variant of the box tool (smart="true" in the
@@ -102,16 +71,16 @@ def test_volunteer_draws_box_and_submits_medsam_mask(
         page.wait_for_timeout(500)  # let the canvas repaint the accepted mask
         screenshot(page, "browser_mask_before_submit.png")
 
-        submit(page, volunteer_task["task"])
+        submit(page, liver_slice_task["task"])
         page.get_by_text("Annotation saved successfully", exact=True).wait_for()
         screenshot(page, "browser_mask_after_submit.png")
 
     # What Label Studio stored, read with the admin token.
-    studio: Studio = volunteer_task["studio"]
-    annotations = list(studio.client.annotations.list(id=volunteer_task["task"]))
+    studio: Studio = liver_slice_task["studio"]
+    annotations = list(studio.client.annotations.list(id=liver_slice_task["task"]))
     assert len(annotations) == 1
     annotation = annotations[0]
-    assert annotation.completed_by == volunteer_task["user_id"]
+    assert annotation.completed_by == liver_slice_task["user_id"]
     # Label Studio keeps the smart tool's box only as the prompt: the accepted suggestion
     # replaces it, so the stored result is the brush mask alone.
     types = [r["type"] for r in annotation.result]

@@ -29,22 +29,18 @@ with clicks (docs/interactive.md): the Dice it reaches is printed, not required 
 from __future__ import annotations
 
 import json
-import secrets
-import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-from PIL import Image
 from scipy import ndimage
 
-from medcrowd.settings import config_path
 from medcrowd.studio import Studio
-from tests.e2e._browser import (
-    NEEDS_BROWSER,
+from tests.helpers import (
+    StudioHandle,
     box_for_mask,
+    browser_marks,
     brush_union,
+    dice,
     is_prediction,
     label_rows,
     log_in,
@@ -52,45 +48,17 @@ from tests.e2e._browser import (
     pick_label,
     screenshot,
     submit,
+    tight_box,
     to_page,
     wait_for_slice,
 )
-from tests.helpers import BackendHandle, StudioHandle, dice, tight_box
 
 SLICE = "amos_0004_75"
 ORGAN_MASK = f"{SLICE}_liver_000"
 TIMEOUT_MS = 60_000
 ANNOTATION = "() => window.Htx.annotationStore.selected"
 
-pytestmark = NEEDS_BROWSER
-
-
-@pytest.fixture(scope="module")
-def click_task(
-    label_studio: StudioHandle, backend: BackendHandle, shared_data: Path
-) -> dict[str, Any]:
-    """A project with one CT slice, the backend connected, and a volunteer who can log in."""
-    studio = Studio(label_studio.url, label_studio.token)
-    config = config_path("labeling_box_brush.xml").read_text()
-    project_id = studio.ensure_project(f"e2e clicks {uuid.uuid4().hex[:8]}", config)
-    image = shared_data / "sammed2d_demo" / "images" / f"{SLICE}.png"
-    assert studio.import_images(project_id, [(image.name, image.read_bytes())]).created == 1
-    studio.connect_backend(project_id, backend.url, backend.auth)
-    (task,) = list(studio.client.tasks.list(project=project_id))
-    email = f"clicker-{uuid.uuid4().hex[:8]}@example.com"
-    password = secrets.token_urlsafe(12)
-    user_id, _ = studio.create_volunteer(email, password)
-    gt = np.asarray(Image.open(shared_data / "sammed2d_demo" / "masks" / f"{ORGAN_MASK}.png"))
-    return {
-        "studio": studio,
-        "project": project_id,
-        "task": int(task.id),
-        "rows": label_rows(config),
-        "email": email,
-        "password": password,
-        "user_id": user_id,
-        "gt": gt > 0,
-    }
+pytestmark = browser_marks()
 
 
 def _deepest(mask: np.ndarray) -> tuple[float, float]:
@@ -139,15 +107,17 @@ def _one_region(answer: dict[str, Any], shape: tuple[int, int]) -> tuple[np.ndar
 
 
 def test_volunteer_corrects_the_mask_with_clicks_and_submits(
-    browser: Any, label_studio: StudioHandle, click_task: dict[str, Any]
+    browser: Any, label_studio: StudioHandle, liver_slice_task: dict[str, Any]
 ) -> None:
     url = label_studio.url.rstrip("/")
-    gt: np.ndarray = click_task["gt"]
+    gt: np.ndarray = liver_slice_task["gt"]
     shape = (int(gt.shape[0]), int(gt.shape[1]))
-    rows: list[str] = click_task["rows"]
+    rows = label_rows(liver_slice_task["label_config"])
     with open_page(browser, TIMEOUT_MS, "click_failure.png") as page:
-        log_in(page, url, click_task["email"], click_task["password"])
-        page.goto(f"{url}/projects/{click_task['project']}/data?task={click_task['task']}")
+        log_in(page, url, liver_slice_task["email"], liver_slice_task["password"])
+        page.goto(
+            f"{url}/projects/{liver_slice_task['project']}/data?task={liver_slice_task['task']}"
+        )
         wait_for_slice(page)
         page.locator("[data-testid=bottombar-auto-annotation-toggle]").check(force=True)
         page.locator("[data-testid=bottombar-auto-accept-toggle]").check(force=True)
@@ -207,13 +177,13 @@ def test_volunteer_corrects_the_mask_with_clicks_and_submits(
         page.wait_for_timeout(500)
         screenshot(page, "click_2_after_negative_click.png")
 
-        submit(page, click_task["task"])
+        submit(page, liver_slice_task["task"])
         page.get_by_text("Annotation saved successfully", exact=True).wait_for()
 
     # what Label Studio stored, read with the admin token: the updated mask, once
-    studio: Studio = click_task["studio"]
-    (annotation,) = list(studio.client.annotations.list(id=click_task["task"]))
-    assert annotation.completed_by == click_task["user_id"]
+    studio: Studio = liver_slice_task["studio"]
+    (annotation,) = list(studio.client.annotations.list(id=liver_slice_task["task"]))
+    assert annotation.completed_by == liver_slice_task["user_id"]
     brushes = [r for r in annotation.result if r["type"] == "brushlabels"]
     assert len(brushes) == 1, annotation.result
     stored = brush_union(brushes, shape)

@@ -39,19 +39,22 @@ from medcrowd.roles import VOLUNTEER_INSTRUCTIONS
 from medcrowd.settings import config_path
 from medcrowd.studio import Studio
 from ml_backend.labeling import brush_result
-from tests.e2e._browser import (
-    NEEDS_BROWSER,
+from tests.helpers import (
     box_for_mask,
+    browser_marks,
     brush_union,
+    dice,
     drag,
     label_rows,
+    label_studio_process,
     open_page,
     pick_label,
     screenshot,
+    serve_backend,
     submit,
+    tight_box,
     wait_for_slice,
 )
-from tests.helpers import dice, label_studio_process, serve_backend, tight_box
 
 GOLD_SLICE = "amos_0004_75"
 GOLD_MASK = f"{GOLD_SLICE}_liver_000"
@@ -59,7 +62,7 @@ OTHER_SLICE = "amos_0006_90"
 TIMEOUT_MS = 90_000
 PASSWORD = "Crowd-pass-2026!"
 
-pytestmark = NEEDS_BROWSER
+pytestmark = browser_marks()
 
 
 @dataclass
