@@ -6,9 +6,9 @@ a "sloppy" volunteer's box on an organ at the right edge of a 155 × 225 slice,
 ``[154.0, 201.02, 155.0, 219.31]``: ``medcrowd.volunteer_sim.box_of`` clips it to the image and
 keeps it at least one pixel wide, Label Studio carries it in percent of the image, and the
 backend's way back to pixels, ``(x + width) / 100 * W - x / 100 * W``, gives 0.9999999999999999,
-which ``ml_backend.labeling.box_prompt_from_context`` refuses as "smaller than one pixel" (422).
-A box of one pixel is what the rule allows, so the refusal is ours. Real backend over HTTP,
-real LiteMedSAM, the real 225 × 155 SAM-Med2D slice.
+which ``ml_backend.labeling.box_prompt_from_context`` refused as "smaller than one pixel" (422)
+until its check got a 1e-6 px tolerance. A box of one pixel is what the rule allows, so the
+refusal was ours. Real backend over HTTP, real LiteMedSAM, the real 225 × 155 SAM-Med2D slice.
 """
 
 from __future__ import annotations
