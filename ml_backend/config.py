@@ -284,14 +284,16 @@ class BackendConfig:
     click_regions: int = field(
         default=256,
         metadata=_how(
-            help="Regions whose previous answer each worker keeps for refinement clicks "
-            "(LRU; 128 KiB each).",
+            help="Regions (box, clicks, previous answer) each worker keeps for refinement "
+            "clicks (LRU; 128 KiB each at most).",
             env=ENV_PREFIX + "CLICK_REGIONS",
             cli_env=True,
         ),
     )
-    """Size of each worker's :class:`ml_backend.clicks.ClickMemory` (1..1000000 regions,
-    ``(task, annotator, box)``; 256 × 128 KiB of float16 logits = 32 MiB)."""
+    """Regions each worker remembers for refinement clicks (1..1000000): the size of its
+    :class:`ml_backend.clicks.ClickMemory` (previous logits per ``(task, annotator, box)``;
+    256 × 128 KiB of float16 = 32 MiB) and of its :class:`ml_backend.clicks.Regions` (the
+    last box and clicks per ``(task, annotator, label)``, a few hundred bytes each)."""
 
     propagation_log: int = field(
         default=256,
