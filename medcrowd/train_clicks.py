@@ -56,9 +56,9 @@ class Structure:
 class ClickTrainOptions:
     """Options of :func:`train_clicks` (the CLI's ``--help`` documents each)."""
 
-    steps: int = 300
+    steps: int = 150
     batch_size: int = 8
-    lr: float = 1e-4
+    lr: float = 2e-4
     rounds: int = 8
     box_only_rate: float = 0.25
     distill_weight: float = 1.0
