@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from medcrowd.cli_clicks import clicks_command
 from medcrowd.cli_people import experts_app, volunteers_app
 from medcrowd.cli_segmenter import evaluate_command, select_command, train_app
 from medcrowd.cli_synth import export_command, synth_app
@@ -54,7 +55,7 @@ app.add_typer(
 app.add_typer(synth_app, name="synth")
 app.command("export")(export_command)
 app.add_typer(train_app, name="train")
-train_app.command("clicks")(__import__("medcrowd.cli_clicks", fromlist=["x"]).clicks_command)
+train_app.command("clicks")(clicks_command)
 app.command("evaluate")(evaluate_command)
 app.command("select")(select_command)
 app.command("propagate")(propagate_command)

@@ -106,6 +106,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     "export": [(["{missing}", "--out", "{empty}/export"], "is not a folder")],
     "train segmenter": [(["{missing}"], "is not a folder")],
     "train sqa": [(["{missing}"], "is not a folder")],
+    "train clicks": [(["--data", "{missing}"], "not found"), (["--steps", "0"], "must be >= 1")],
     "evaluate": [(["{missing}"], "is not a folder")],
     "propagate": [
         (["{missing}", "--box", "1,1,5,5", "--index", "0"], "does not exist"),
