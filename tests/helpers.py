@@ -461,6 +461,16 @@ def wait_for_slice(page: Any) -> None:
     )
 
 
+def open_task(page: Any, url: str, task: dict[str, Any]) -> None:
+    """Log in as ``task``'s volunteer (``email``, ``password``), open its ``task`` of
+    ``project`` in the labelling view, wait for the slice and turn on Auto-Annotation (what
+    makes a box ask the backend on stock Label Studio)."""
+    log_in(page, url, task["email"], task["password"])
+    page.goto(f"{url}/projects/{task['project']}/data?task={task['task']}")
+    wait_for_slice(page)
+    page.locator("[data-testid=bottombar-auto-annotation-toggle]").check(force=True)
+
+
 def image_frame(page: Any) -> dict[str, float]:
     """Where the image lies on the page (CSS pixels: x, y, width, height).
 

@@ -24,12 +24,11 @@ from tests.helpers import (
     browser_marks,
     brush_union,
     dice,
-    log_in,
     open_page,
+    open_task,
     screenshot,
     submit,
     tight_box,
-    wait_for_slice,
 )
 
 SLICE = "amos_0004_75"
@@ -46,14 +45,8 @@ def test_volunteer_draws_box_and_submits_medsam_mask(
     gt: np.ndarray = liver_slice_task["gt"]
     shape = (int(gt.shape[0]), int(gt.shape[1]))
     with open_page(browser, TIMEOUT_MS, "browser_failure.png") as page:
-        log_in(page, url, liver_slice_task["email"], liver_slice_task["password"])
-
-        # Open the task in the labeling view and wait for the slice to load.
-        page.goto(
-            f"{url}/projects/{liver_slice_task['project']}/data?task={liver_slice_task['task']}"
-        )
-        wait_for_slice(page)
-        page.locator("[data-testid=bottombar-auto-annotation-toggle]").check(force=True)
+        # Log in, open the task in the labeling view, turn on Auto-Annotation.
+        open_task(page, url, liver_slice_task)
         # With Auto-Annotation on, the smart (ML) variant of the box tool (smart="true" in the
         # config) appears in its own toolbar group at the bottom; pick it.
         page.locator(".lsf-toolbar .lsf-tool_smart").first.click()

@@ -43,14 +43,13 @@ from tests.helpers import (
     dice,
     is_prediction,
     label_rows,
-    log_in,
     open_page,
+    open_task,
     pick_label,
     screenshot,
     submit,
     tight_box,
     to_page,
-    wait_for_slice,
 )
 
 SLICE = "amos_0004_75"
@@ -114,12 +113,7 @@ def test_volunteer_corrects_the_mask_with_clicks_and_submits(
     shape = (int(gt.shape[0]), int(gt.shape[1]))
     rows = label_rows(liver_slice_task["label_config"])
     with open_page(browser, TIMEOUT_MS, "click_failure.png") as page:
-        log_in(page, url, liver_slice_task["email"], liver_slice_task["password"])
-        page.goto(
-            f"{url}/projects/{liver_slice_task['project']}/data?task={liver_slice_task['task']}"
-        )
-        wait_for_slice(page)
-        page.locator("[data-testid=bottombar-auto-annotation-toggle]").check(force=True)
+        open_task(page, url, liver_slice_task)
         page.locator("[data-testid=bottombar-auto-accept-toggle]").check(force=True)
 
         # the box → the backend's mask, accepted at once
