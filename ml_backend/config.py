@@ -130,9 +130,13 @@ class BackendConfig:
 
     predictor: str = field(
         default="litemedsam",
-        metadata=_how(help="litemedsam | medsam | sam_vit_b|l|h.", env=ENV_PREFIX + "PREDICTOR"),
+        metadata=_how(
+            help="litemedsam | litemedsam-clicks | medsam | sam_vit_b|l|h.",
+            env=ENV_PREFIX + "PREDICTOR",
+        ),
     )
-    """Predictor registry name (``litemedsam`` default, ``medsam``, ``sam_vit_b|l|h``)."""
+    """Predictor registry name (``litemedsam`` default, ``litemedsam-clicks``, ``medsam``,
+    ``sam_vit_b|l|h``)."""
 
     device: str = field(
         default="auto", metadata=_how(help="auto | cpu | cuda.", env=ENV_PREFIX + "DEVICE")
@@ -143,10 +147,13 @@ class BackendConfig:
     checkpoint: Path | None = field(
         default=None,
         metadata=_how(
-            help="Weights for medsam / sam_* (never downloaded).", env=ENV_PREFIX + "CHECKPOINT"
+            help="Weights for medsam / sam_* (never downloaded); for litemedsam-clicks another "
+            "`medcrowd train clicks` output.",
+            env=ENV_PREFIX + "CHECKPOINT",
         ),
     )
-    """Weights file for ``medsam``/``sam_*`` (never downloaded); optional for LiteMedSAM."""
+    """Weights file for ``medsam``/``sam_*`` (never downloaded); optional for LiteMedSAM; for
+    ``litemedsam-clicks`` a ``medcrowd train clicks`` output (default: the shipped one)."""
 
     draft_model: Path | None = field(
         default=None,
