@@ -67,6 +67,12 @@ steps ``medcrowd synth train`` + ``generate`` take: the pairs in ``medcrowd synt
 order, 10 % of them held out (unused here), batch size 1, then ``synth_count`` new masks by
 :class:`gan.DeformedMaskGenerator` seeded with the arm's seed.
 
+Threads. On a CPU the run first fixes PyTorch's intra-op threads to ``threads`` (default 1,
+:func:`ml_backend.device.configure_threads`: inter-op 1, and ONNX Runtime sessions built
+afterwards, the assist's, take the same number), before any network is built; ``threads`` 0
+leaves torch's default; a CUDA device is left as it is. ``summary.json`` records it
+(``torch_threads``).
+
 Progress is ``progress(done, total)`` in optimiser steps (pix2pix and every arm's network,
 all seeds); ``on_log`` gets ``{"stage": "seed 0: training pix2pix"}``-style events as each
 stage starts and ``{"stage": …, "row": {...}}`` when an arm is scored.
@@ -169,6 +175,11 @@ class EvaluateOptions:
     """Masks ``>= mask_threshold`` are foreground (``data`` and ``test``); None → any > 0."""
     arms: tuple[str, ...] = ARMS
     device: str = "auto"
+    threads: int = 1
+    """CPU only: PyTorch intra-op threads of this process (and ONNX Runtime's for the assist),
+    set by :func:`ml_backend.device.configure_threads` before any network is built; 0 → leave
+    torch's default (all cores). On CUDA nothing is changed. 1 is the default because on
+    shared cores 2 threads made a U-Net step 8 × slower (docs/evaluation.md)."""
 
     @property
     def crowd_pool(self) -> tuple[str, ...]:
@@ -204,6 +215,8 @@ class EvaluateOptions:
             raise ValueError(f"--epochs-min must be > 0, got {self.epochs_min}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.threads < 0:
+            raise ValueError(f"--threads must be >= 0 (0 = torch's default), got {self.threads}")
         if self.mask_threshold is not None and not 1 <= self.mask_threshold <= 255:
             raise ValueError(f"--mask-threshold must be in 1..255, got {self.mask_threshold}")
         if not 0 < self.test_fraction < 1:
@@ -352,6 +365,20 @@ def _check_unseen(
     leaked = set(hashes) & set(test_hashes)
     if leaked:
         raise error(f"{len(leaked)} {what} are test images: the test {hint}")
+
+
+def _configure_threads(threads: int, device: str) -> int | None:
+    """Fix this process's CPU threads for the run (``EvaluateOptions.threads``); returns the
+    PyTorch intra-op threads now in force, or None when nothing was changed (``threads`` 0,
+    or a CUDA device)."""
+    if threads == 0 or device != "cpu":
+        return None
+    import torch
+
+    from ml_backend.device import configure_threads
+
+    configure_threads(threads)  # torch intra-op = threads, inter-op 1, ONNX Runtime sessions too
+    return int(torch.get_num_threads())
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -538,12 +565,15 @@ def evaluate(
 
     options.check()
     device = resolve_device(options.device)
+    threads = _configure_threads(options.threads, device)
     if test is not None and not Path(test).is_dir():
         raise TestFolderError(f"--test {test} is not a folder")
     for path in (data, crowd, synthetic):
         if path is not None and not Path(path).is_dir():
             raise FileNotFoundError(f"{path} is not a folder")
     log = on_log or (lambda _event: None)
+    if threads is not None:
+        log({"stage": f"{threads} PyTorch intra-op thread(s) on {device}"})
 
     full, hashes = _load(data, options.size, options.invert_masks, options.mask_threshold)
     if test is not None:
@@ -691,6 +721,7 @@ def evaluate(
                 "steps": {key: train_steps(sizes[key], options) for key, _, _ in plan},
             },
             "pool": len(pool),
+            "torch_threads": threads,
             "test_images": test_set.names,
             "crowd_quality": crowd_reports,
             "assisted_labels": {str(seed): _labels_summary(pool, labels[seed]) for seed in labels},

@@ -118,6 +118,44 @@ def test_same_seed_same_numbers(tiny: Path, tmp_path: Path) -> None:
     assert a == b
 
 
+@pytest.fixture
+def torch_threads() -> Any:
+    """Give the test process back its PyTorch intra-op threads after the test."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("threads", "expected"), [(1, 1), (0, 2)])
+def test_threads_are_set_before_training(
+    tiny: Path, tmp_path: Path, torch_threads: Any, threads: int, expected: int
+) -> None:
+    torch_threads.set_num_threads(2)  # as torch's default would be on a 2-core machine
+    seen: list[int] = []
+    events: list[dict[str, Any]] = []
+    opts = {**OPTS, "steps": 3}
+    options = EvaluateOptions(seeds=(0,), arms=("expert",), threads=threads, **opts)  # type: ignore[arg-type]
+
+    def tick(_done: int, _total: int) -> None:
+        seen.append(torch_threads.get_num_threads())
+
+    report = evaluate(tiny, tmp_path, options, progress=tick, on_log=events.append)
+    assert seen and set(seen) == {expected}  # every training step ran with that many threads
+    assert report.summary["torch_threads"] == (threads or None)
+    stages = [e["stage"] for e in events]
+    if threads:
+        assert stages[0] == f"{threads} PyTorch intra-op thread(s) on cpu"
+    else:
+        assert not any("intra-op" in s for s in stages)
+
+
+def test_negative_threads_are_refused(tiny: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--threads must be >= 0"):
+        evaluate(tiny, tmp_path, EvaluateOptions(threads=-1, **OPTS))  # type: ignore[arg-type]
+
+
 def test_crowd_folder_with_a_test_image_is_refused(
     tiny: Path, tmp_path: Path, two_seeds: tuple[Path, Any, Any]
 ) -> None:
