@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +88,14 @@ def export_verified(
     output_names: Sequence[str],
     tag: str,
     tolerance: float = 1e-4,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    check_inputs: Sequence[Sequence[torch.Tensor]] | None = None,
 ) -> Path | None:
     """Export ``module`` to ``path`` unless a verified copy is already there.
 
     Args:
-        module: a CPU module in eval mode; its forward takes ``example_inputs`` (fixed shapes).
+        module: a CPU module in eval mode; its forward takes ``example_inputs`` (fixed shapes
+            unless ``dynamic_axes`` says otherwise).
         example_inputs: float32 tensors used for tracing and for the comparison.
         path: destination ``.onnx`` file; its parent is created.
         input_names, output_names: ONNX graph names.
@@ -100,6 +103,9 @@ def export_verified(
             tag triggers a fresh export.
         tolerance: largest accepted max-abs difference between ONNX Runtime and PyTorch on
             every output.
+        dynamic_axes: ``{input name: {axis: name}}`` for inputs whose size may vary.
+        check_inputs: the inputs to compare ONNX Runtime with PyTorch on (default
+            ``[example_inputs]``); with ``dynamic_axes``, give examples of several sizes.
 
     Returns:
         ``path`` when the file can be used, ``None`` when export or verification failed.
@@ -127,14 +133,24 @@ def export_verified(
                 opset_version=OPSET,
                 input_names=list(input_names),
                 output_names=list(output_names),
+                dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()}
+                if dynamic_axes
+                else None,
             )
-            expected = module(*example_inputs)
-        expected_list = list(expected) if isinstance(expected, tuple | list) else [expected]
-        got = OnnxRunner(tmp)(*(x.numpy() for x in example_inputs))
-        diff = max(
-            float(np.max(np.abs(g - e.detach().numpy())))
-            for g, e in zip(got, expected_list, strict=True)
-        )
+        runner = OnnxRunner(tmp)
+        diff = 0.0
+        for inputs in check_inputs if check_inputs is not None else [example_inputs]:
+            with torch.no_grad():
+                expected = module(*inputs)
+            expected_list = list(expected) if isinstance(expected, tuple | list) else [expected]
+            got = runner(*(x.numpy() for x in inputs))
+            diff = max(
+                diff,
+                *(
+                    float(np.max(np.abs(g - e.detach().numpy())))
+                    for g, e in zip(got, expected_list, strict=True)
+                ),
+            )
     except Exception as exc:  # any exporter/runtime failure means: keep PyTorch
         logger.warning("ONNX export of %s failed, using PyTorch: %s", path.name, exc)
         tmp.unlink(missing_ok=True)

@@ -315,6 +315,87 @@ class _PromptDecoder(nn.Module):
         return low_res, iou
 
 
+class _TokenDecoder(nn.Module):
+    """:class:`_PromptDecoder` with every prompt as point tokens: one ONNX graph for any mix.
+
+    ``forward(embedding (1, 256, 64, 64), coords (1, N, 2), labels (1, N), mask_input
+    (1, 1, 256, 256), has_mask (1,)) -> (low_res_logits (1, 1, 256, 256), iou (1, 1))``, all
+    float32, coordinates in model-input pixels. Labels: 1 a positive click, 0 a negative one,
+    2 and 3 the box's top-left and bottom-right corners, -1 "no point" (the padding token SAM
+    adds when there is no box); ``has_mask`` 1 uses ``mask_input``, 0 the no-mask embedding.
+    :func:`_prompt_tokens` builds ``coords`` and ``labels`` in the order of
+    :meth:`_PromptDecoder.prompts` (clicks, then the box's corners or the padding token), so
+    the two give the same answer; the number of points N is a dynamic axis of the export.
+    SAM's own ONNX export (``segment_anything/utils/onnx.py``) encodes prompts the same way.
+    """
+
+    def __init__(self, decoder: _PromptDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(
+        self,
+        embedding: torch.Tensor,
+        coords: torch.Tensor,
+        labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        encoder = self.decoder.prompt_encoder
+        sparse = encoder.pe_layer.forward_with_coords(coords + 0.5, encoder.input_image_size)
+        marks = labels.unsqueeze(-1)
+        sparse = sparse * (marks != -1).to(sparse.dtype)
+        sparse = sparse + encoder.not_a_point_embed.weight * (marks == -1).to(sparse.dtype)
+        for index, embed in enumerate(encoder.point_embeddings):
+            sparse = sparse + embed.weight * (marks == index).to(sparse.dtype)
+        use_mask = has_mask.reshape(1, 1, 1, 1)
+        no_mask = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = encoder.mask_downscaling(mask_input) * use_mask + no_mask * (1.0 - use_mask)
+        low_res, iou = self.decoder.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return low_res, iou
+
+
+def _prompt_tokens(
+    box: np.ndarray | None, points: np.ndarray | None, labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(coords (1, N, 2), labels (1, N))`` float32 for :class:`_TokenDecoder` (model pixels)."""
+    coords: list[np.ndarray] = []
+    marks: list[np.ndarray] = []
+    if points is not None and labels is not None:
+        coords.append(np.asarray(points, np.float32).reshape(-1, 2))
+        marks.append(np.asarray(labels, np.float32).reshape(-1))
+    if box is not None:
+        coords.append(np.asarray(box, np.float32).reshape(2, 2))
+        marks.append(np.array([2.0, 3.0], np.float32))
+    else:
+        coords.append(np.zeros((1, 2), np.float32))
+        marks.append(np.array([-1.0], np.float32))
+    return np.concatenate(coords)[None], np.concatenate(marks)[None]
+
+
+def _token_inputs(
+    embedding: np.ndarray,
+    box: np.ndarray | None,
+    points: np.ndarray | None,
+    labels: np.ndarray | None,
+    mask_input: np.ndarray | None,
+) -> tuple[np.ndarray, ...]:
+    """The five float32 inputs of :class:`_TokenDecoder` for one prompt mix."""
+    coords, marks = _prompt_tokens(box, points, labels)
+    if mask_input is None:
+        mask = np.zeros((1, 1, LOGITS_SIZE, LOGITS_SIZE), np.float32)
+    else:
+        mask = np.asarray(mask_input, np.float32).reshape(1, 1, LOGITS_SIZE, LOGITS_SIZE)
+    has_mask = np.array([0.0 if mask_input is None else 1.0], np.float32)
+    return np.ascontiguousarray(embedding, np.float32), coords, marks, mask, has_mask
+
+
 class _CachedPredictor:
     """The :class:`BoxPredictor` protocol over an embedding cache; subclasses add the model.
 
@@ -780,8 +861,10 @@ class LiteMedSAMClicksPredictor(LiteMedSAMPredictor):
             ``"litemedsam"``. The default was chosen on the held-out training-set structures
             (box-only Dice 0.867 with the click decoder against 0.842 stock), not on the
             evaluation sets; docs/interactive.md has both on SAM-Med2D and DRIVE.
-        click_onnx: the click decoder's box-only path on ONNX Runtime, or None.
-        click_box_backend: ``"onnx"`` or ``"torch"``, whichever measured faster at load.
+        click_onnx: the click decoder as one ONNX Runtime graph for every prompt mix (box,
+            clicks, previous logits: :class:`_TokenDecoder`), or None.
+        click_backend: ``"onnx"`` or ``"torch"``, whichever answered a box + 2 clicks + the
+            previous logits faster at load.
     """
 
     refines_with_logits = True
@@ -811,7 +894,7 @@ class LiteMedSAMClicksPredictor(LiteMedSAMPredictor):
         self.click_meta = click_meta
         self.box_only_decoder = "clicks"
         self.click_onnx: OnnxRunner | None = None
-        self.click_box_backend = "torch"
+        self.click_backend = "torch"
         self.model_id = (
             f"litemedsam-clicks-{click_sha256[:8]}-{self.checkpoint_sha256[:12]}-"
             f"{self.encoder_backend}"
@@ -829,34 +912,41 @@ class LiteMedSAMClicksPredictor(LiteMedSAMPredictor):
         if box_only and self.box_only_decoder == "stock":
             return super()._decode_prompts(entry, box, points, labels, mask_input)
         geometry = Geometry.longest_side(entry.original_hw, LITE_INPUT_SIZE)
-        if box_only and box is not None:
-            low_res_box, iou_box = self._run_click_box(
-                entry.embedding, geometry.scale_box(box), self.click_box_backend
-            )
-            return _to_numpy(low_res_box), _score(iou_box)
         scale = geometry.box_scale_xy[0]
-        low_res, iou = _run_prompts(
-            self.click_decoder,
-            self.device,
+        low_res, iou = self._run_click(
             entry.embedding,
             geometry.scale_box(box) if box is not None else None,
             (points * scale).astype(np.float32) if points is not None else None,
             labels,
             mask_input,
+            self.click_backend,
         )
         return _to_numpy(low_res), _score(iou)
+
+    def _run_click(
+        self,
+        embedding: np.ndarray,
+        box: np.ndarray | None,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        backend: str,
+    ) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
+        """The click decoder on one prompt mix in model-input pixels, on ``backend``."""
+        if backend == "onnx" and self.click_onnx is not None:
+            low_res, iou = self.click_onnx(
+                *_token_inputs(embedding, box, points, labels, mask_input)
+            )
+            return low_res, iou
+        return _run_prompts(
+            self.click_decoder, self.device, embedding, box, points, labels, mask_input
+        )
 
     def _run_click_box(
         self, embedding: np.ndarray, box_input: np.ndarray, backend: str
     ) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
-        box = box_input.reshape(1, 1, 4).astype(np.float32)
-        if backend == "onnx" and self.click_onnx is not None:
-            low_res, iou = self.click_onnx(embedding, box)
-            return low_res, iou
-        with torch.inference_mode():
-            return self.click_decoder(
-                torch.from_numpy(embedding).to(self.device), torch.from_numpy(box).to(self.device)
-            )
+        """The click decoder on a box alone (model-input pixels), on ``backend``."""
+        return self._run_click(embedding, box_input, None, None, None, backend)
 
     def _decode(self, entry: CachedEmbedding, box: np.ndarray) -> tuple[np.ndarray, float]:
         if self.box_only_decoder == "stock":
@@ -910,30 +1000,40 @@ def _litemedsam_clicks_factory(
     workdir = predictor._workdir
     onnx_dir = Path(cache_dir) / "onnx" if cache_dir is not None else Path(workdir.name)
     generator = torch.Generator().manual_seed(0)
-    embedding = torch.randn(1, 256, 64, 64, generator=generator)
-    box = torch.tensor([[[40.0, 60.0, 150.0, 170.0]]])
+    embedding = np.asarray(torch.randn(1, 256, 64, 64, generator=generator).numpy())
+    logits = np.asarray(8.0 * torch.randn(1, 1, 256, 256, generator=generator).numpy())
+    box = np.array([40.0, 60.0, 150.0, 170.0], np.float32)
+    clicks = np.array([[90.0, 100.0], [60.0, 70.0]], np.float32)
+    marks = np.array([1.0, 0.0], np.float32)
+    examples = [  # verified against PyTorch: a box alone, then box + clicks + logits, clicks only
+        _token_inputs(embedding, box, None, None, None),
+        _token_inputs(embedding, box, clicks, marks, logits),
+        _token_inputs(embedding, None, clicks[:1], marks[:1], logits),
+    ]
     click_sha = predictor.click_sha256
     path_onnx = export_verified(
-        predictor.click_decoder,
-        (embedding, box),
-        onnx_dir / f"litemedsam-clicks-{click_sha[:12]}-box-decoder.onnx",
-        input_names=["embedding", "box"],
+        _TokenDecoder(predictor.click_decoder).eval(),
+        [torch.from_numpy(x) for x in examples[1]],
+        onnx_dir / f"litemedsam-clicks-{click_sha[:12]}-tokens.onnx",
+        input_names=["embedding", "coords", "labels", "mask_input", "has_mask"],
         output_names=["low_res_logits", "iou"],
-        tag=f"{click_sha}|{base_sha}|torch-{torch.__version__}|opset-17",
+        tag=f"{click_sha}|{base_sha}|torch-{torch.__version__}|opset-17|tokens-1",
         tolerance=1e-3,
+        dynamic_axes={"coords": {1: "points"}, "labels": {1: "points"}},
+        check_inputs=[[torch.from_numpy(x) for x in example] for example in examples],
     )
     if path_onnx is not None:
         predictor.click_onnx = OnnxRunner(path_onnx)
-        emb, box_np = embedding.numpy(), box.numpy()
+        prompt = (embedding, box, clicks, marks, logits[0, 0])
         timings = {}
         for name in ("torch", "onnx"):
 
             def run(which: str = name) -> object:
-                return predictor._run_click_box(emb, box_np, which)
+                return predictor._run_click(*prompt, which)
 
             timings[name] = _time_ms(run, repeats=5)
-        predictor.click_box_backend = min(timings, key=lambda name: timings[name])
-        logger.info("click decoder, box only: %s (ms %s)", predictor.click_box_backend, timings)
+        predictor.click_backend = min(timings, key=lambda name: timings[name])
+        logger.info("click decoder: %s (ms %s)", predictor.click_backend, timings)
     return predictor
 
 

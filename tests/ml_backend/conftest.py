@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ml_backend.cache import EmbeddingCache
-from ml_backend.predictors import LiteMedSAMPredictor
+from ml_backend.predictors import LiteMedSAMClicksPredictor, LiteMedSAMPredictor, get_predictor
 from tests.helpers import OrganMask, sammed2d_masks
 
 
@@ -65,3 +65,12 @@ def fresh_lite(lite: LiteMedSAMPredictor) -> Callable[..., LiteMedSAMPredictor]:
         return predictor
 
     return make
+
+
+@pytest.fixture(scope="session")
+def clicks_lite(lite_cache_dir: Path) -> LiteMedSAMClicksPredictor:
+    """The click-aware LiteMedSAM with the shipped decoder (the session's stock ONNX files in
+    ``lite_cache_dir`` are found and reused; its own token graph is exported once)."""
+    predictor = get_predictor("litemedsam-clicks", device="cpu", cache_dir=lite_cache_dir)
+    assert isinstance(predictor, LiteMedSAMClicksPredictor)
+    return predictor
