@@ -1,6 +1,7 @@
 """Simulated annotation effort: LiteMedSAM-assisted (box + brush fixes) vs manual outlining.
 
-Run: ``python benchmarks/annotation_effort.py [--quick] [--seed 0] [--json out.json]``
+Run: ``python benchmarks/annotation_effort.py [--quick] [--seed 0] [--json out.json]
+[--predictor litemedsam-clicks --clicks 3]``
 
 Measures the "N× annotation efficiency" of box-prompted assistance with simulated
 interactions. For every structure the simulated annotator reaches Dice ≥ ``--target``
@@ -9,6 +10,9 @@ interactions. For every structure the simulated annotator reaches Dice ≥ ``--t
 * **assisted**: draws a box (``--box-s``), waits for the LiteMedSAM mask
   (``--model-wait-s``), then fixes it with brush strokes, largest error component first;
   if discarding the mask (``--reject-s``) and annotating manually is cheaper, it does that.
+  With ``--clicks N`` it first clicks up to N times at the largest error (``--click-s`` +
+  the model wait each; a click that does not raise Dice is undone) and brushes what is
+  left (:func:`medcrowd.effort.assisted_correct`).
 * **manual**: the cheaper of (a) polygons from scratch (Douglas–Peucker-simplified expert
   contours, jittered clicks, cheapest tolerance that reaches the target) and (b) painting
   from an empty mask with the same brush-stroke model as the corrections.
@@ -54,7 +58,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fusion.metrics import dice  # noqa: E402
-from medcrowd.effort import CostModel, Effort, assisted_effort, manual_effort  # noqa: E402
+from medcrowd.effort import (  # noqa: E402
+    CostModel,
+    Effort,
+    assisted_correct,
+    manual_effort,
+    predictor_refine,
+)
 from ml_backend.predictors import BoxPredictor, get_predictor  # noqa: E402
 from tests.helpers import sammed2d_masks, tight_box  # noqa: E402
 
@@ -131,6 +141,7 @@ def run_dataset(
     seed: int,
     dataset_index: int,
     verbose: bool,
+    clicks: int = 0,
 ) -> list[Row]:
     rows = []
     current = None
@@ -138,17 +149,25 @@ def run_dataset(
         if item.image_key != current:
             predictor.set_image(item.image)  # one embedding per image, reused for its masks
             current = item.image_key
-        predicted, _ = predictor.predict_box(item.box)
+        logits = None
+        if clicks:
+            answer = predictor.predict(box=item.box)
+            predicted, logits = answer.mask, answer.logits
+        else:
+            predicted, _ = predictor.predict_box(item.box)
         # independent, reproducible streams per structure and mode
         manual = manual_effort(
             item.expert, model, np.random.default_rng([seed, dataset_index, index, 0])
         )
-        assisted = assisted_effort(
+        _, assisted = assisted_correct(
             predicted,
             item.expert,
             model,
             np.random.default_rng([seed, dataset_index, index, 1]),
             manual,
+            refine=predictor_refine(predictor, item.box) if clicks else None,
+            logits=logits,
+            clicks=clicks,
         )
         row = Row(item.dataset, item.name, dice(predicted, item.expert), assisted, manual)
         rows.append(row)
@@ -211,6 +230,7 @@ def _cost_model_args(parser: argparse.ArgumentParser) -> None:
         "box_s": "seconds to draw one box (2 clicks)",
         "model_wait_s": "seconds waiting for the model's mask",
         "reject_s": "seconds to discard the model's mask",
+        "click_s": "seconds per refinement click (--clicks)",
         "vertex_s": "seconds per polygon vertex click",
         "polygon_s": "seconds of overhead per polygon (tool, close, confirm)",
         "stroke_s": "seconds of overhead per brush stroke",
@@ -248,8 +268,9 @@ def main() -> int:
     parser.add_argument("--drive-images", type=int, default=5, help="DRIVE test images to use")
     parser.add_argument("--json", type=Path, default=None, help="write per-structure rows here")
     parser.add_argument("--verbose", action="store_true", help="print every structure")
+    parser.add_argument("--predictor", default="litemedsam", help="litemedsam | litemedsam-clicks")
     parser.add_argument(
-        "--predictor", default="litemedsam", help="litemedsam | litemedsam-clicks (box answer)"
+        "--clicks", type=int, default=0, help="refinement clicks at most before the brush"
     )
     _cost_model_args(parser)
     args = parser.parse_args()
@@ -273,7 +294,11 @@ def main() -> int:
         "drive": 1 if args.quick else args.drive_images,
     }
     loaders = {"sammed2d": load_sammed2d, "isbi_em": load_isbi, "drive": load_drive}
-    print(f"seed {args.seed}; data {root}; cost model {asdict(model)}", flush=True)
+    print(
+        f"seed {args.seed}; predictor {args.predictor}, clicks {args.clicks}; data {root}; "
+        f"cost model {asdict(model)}",
+        flush=True,
+    )
     start = time.perf_counter()
     summaries: dict[str, dict[str, float]] = {}
     all_rows: list[Row] = []
@@ -285,7 +310,9 @@ def main() -> int:
                 continue
             t0 = time.perf_counter()
             structures = loaders[name](root, limits[name])
-            rows = run_dataset(structures, predictor, model, args.seed, dataset_index, args.verbose)
+            rows = run_dataset(
+                structures, predictor, model, args.seed, dataset_index, args.verbose, args.clicks
+            )
             summaries[name] = _summary(rows)
             all_rows += rows
             print(f"{name}: {len(rows)} structures in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -300,6 +327,8 @@ def main() -> int:
     if args.json is not None:
         payload = {
             "seed": args.seed,
+            "predictor": args.predictor,
+            "clicks": args.clicks,
             "cost_model": asdict(model),
             "summary": summaries,
             "rows": [asdict(r) for r in all_rows],

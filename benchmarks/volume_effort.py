@@ -47,8 +47,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from propagation import load_spleen  # noqa: E402
 
 from fusion.metrics import dice  # noqa: E402
-from medcrowd.effort import CostModel, brush_correct, manual_effort  # noqa: E402
-from ml_backend.click_training import next_click  # noqa: E402
+from medcrowd.effort import (  # noqa: E402
+    CostModel,
+    Effort,
+    assisted_correct,
+    brush_correct,
+    manual_effort,
+    predictor_refine,
+)
 from ml_backend.predictors import get_predictor  # noqa: E402
 from ml_backend.propagation import Propagator  # noqa: E402
 from tests.helpers import shared_data_dir, tight_box  # noqa: E402
@@ -71,57 +77,31 @@ def boxed(
     model: CostModel,
     rng: np.random.Generator,
     clicks: int,
-    click_s: float,
+    manual: Effort,
 ) -> tuple[np.ndarray, float, str]:
-    """A box, up to ``clicks`` clicks, brush fixes: ``(final mask, seconds, how)``."""
+    """A box, up to ``clicks`` clicks, brush fixes, or reject and ``manual``: ``(final mask,
+    seconds, how)`` (:func:`medcrowd.effort.assisted_correct`)."""
     predictor.set_image(image)
     box = tight_box(expert)
     answer = predictor.predict(box=box)
-    mask, best = np.asarray(answer.mask, bool), dice(answer.mask, expert)
-    seconds = model.box_s + model.model_wait_s
-    points: list[list[float]] = []
-    labels: list[int] = []
-    logits = answer.logits
-    feed = bool(getattr(predictor, "refines_with_logits", False))
-    used = 0
-    for _ in range(clicks):
-        if best >= model.target:
-            break
-        click = next_click(mask, expert)
-        if click is None:
-            break
-        seconds += click_s + model.model_wait_s
-        used += 1
-        points.append([click[0], click[1]])
-        labels.append(click[2])
-        answer = predictor.predict(
-            box=box, points=points, labels=labels, mask_input=logits if feed else None
-        )
-        score = dice(answer.mask, expert)
-        if score > best:  # kept; otherwise the volunteer undoes it (Ctrl+Z)
-            mask, best, logits = np.asarray(answer.mask, bool), score, answer.logits
-        else:
-            points.pop()
-            labels.pop()
-    fixed, fix = brush_correct(mask, expert, model, rng)
-    corrected_s = seconds + fix.seconds
-    manual = manual_effort(expert, model, rng)
-    if model.reject_s + manual.seconds + model.box_s + model.model_wait_s < corrected_s:
-        # the manual outline reaches the target; the next proposal starts from the expert mask
-        return (
-            expert.copy(),
-            model.box_s + model.model_wait_s + model.reject_s + manual.seconds,
-            (f"box+reject+{manual.tool}"),
-        )
-    how = f"box+{used}click+{fix.tool}" if used else f"box+{fix.tool}"
-    return fixed, corrected_s, how
+    mask, effort = assisted_correct(
+        np.asarray(answer.mask, bool),
+        expert,
+        model,
+        rng,
+        manual,
+        refine=predictor_refine(predictor, box),
+        logits=answer.logits,
+        clicks=clicks,
+    )
+    return mask, effort.seconds, f"box+{effort.tool}"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     slices, truth = load_spleen(shared_data_dir())
     labelled = np.flatnonzero(truth.any(axis=(1, 2)))
     middle = int((labelled[0] + labelled[-1]) // 2)
-    model = CostModel(target=args.target)
+    model = CostModel(target=args.target, click_s=args.click_s)
     rule = Propagator(max_slices=1)
     with tempfile.TemporaryDirectory() as tmp:
         predictor = get_predictor(args.predictor, device="cpu", cache_dir=Path(tmp))
@@ -129,22 +109,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         def rng(workflow: int, z: int) -> np.random.Generator:
             return np.random.default_rng([args.seed, workflow, z])
 
-        manual = []
-        for z in labelled:
-            outlined = manual_effort(truth[z], model, rng(0, z))
-            manual.append(SliceCost(int(z), outlined.tool, outlined.seconds, outlined.dice))
+        outlines = {int(z): manual_effort(truth[z], model, rng(0, z)) for z in labelled}
+        manual = [SliceCost(z, e.tool, e.seconds, e.dice) for z, e in outlines.items()]
+
+        def box_slice(z: int, workflow: int) -> tuple[np.ndarray, float, str]:
+            # a slice without spleen is never boxed; its manual fallback would cost nothing
+            fallback = outlines.get(z, Effort(0.0, 0, 1.0, True, "none"))
+            return boxed(predictor, slices[z], truth[z], model, rng(workflow, z), args.clicks,
+                         fallback)  # fmt: skip
+
         per_slice = []
         for z in labelled:
-            mask, seconds, how = boxed(
-                predictor, slices[z], truth[z], model, rng(1, z), args.clicks, args.click_s
-            )
+            mask, seconds, how = box_slice(int(z), 1)
             per_slice.append(SliceCost(int(z), how, seconds, dice(mask, truth[z])))
 
         chain: list[SliceCost] = []
-        mask, seconds, how = boxed(
-            predictor, slices[middle], truth[middle], model, rng(2, middle), args.clicks,
-            args.click_s,
-        )  # fmt: skip
+        mask, seconds, how = box_slice(middle, 2)
         chain.append(SliceCost(middle, how, seconds, dice(mask, truth[middle])))
         for direction in (1, -1):
             previous, z = mask, middle + direction
@@ -155,10 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if not proposal.any():
                     if not has_organ:
                         break  # the walk stopped where the spleen ends: nothing to do
-                    done, s, h = boxed(
-                        predictor, slices[z], truth[z], model, rng(2, z), args.clicks,
-                        args.click_s,
-                    )  # fmt: skip
+                    done, s, h = box_slice(z, 2)
                     chain.append(SliceCost(z, "stopped→" + h, s, dice(done, truth[z])))
                 elif not has_organ:
                     chain.append(SliceCost(z, "false proposal→reject", args.review_s
@@ -167,10 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     fixed, fix = brush_correct(proposal, truth[z], model, rng(3, z))
                     fixed_s = args.review_s + fix.seconds
-                    done, s, h = boxed(
-                        predictor, slices[z], truth[z], model, rng(2, z), args.clicks,
-                        args.click_s,
-                    )  # fmt: skip
+                    done, s, h = box_slice(z, 2)
                     reboxed_s = args.review_s + model.reject_s + s
                     if fixed_s <= reboxed_s:
                         done = fixed
@@ -182,9 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 z += direction
         missing = sorted(set(labelled.tolist()) - {c.index for c in chain})
         for z in missing:  # past a stop with no spleen between: boxed like the second workflow
-            done, s, h = boxed(
-                predictor, slices[z], truth[z], model, rng(2, z), args.clicks, args.click_s
-            )
+            done, s, h = box_slice(z, 2)
             chain.append(SliceCost(z, "unreached→" + h, s, dice(done, truth[z])))
 
     def total(rows: list[SliceCost]) -> float:

@@ -49,14 +49,21 @@ only motor effort is counted, not the time spent deciding where a boundary is (w
 model's mask may also save); both modes use the same oracle, so the ratio isolates the
 interaction saved. A strip wider than one pixel is charged for both of its edges although
 one brush pass of matching width traces both, so painting vessels and membranes is
-overpriced by up to 2×, equally in both modes. Only box prompts exist (the backend offers
-no point prompts), so corrections are brush strokes, not refinement clicks.
+overpriced by up to 2×, equally in both modes.
+
+Refinement clicks (:func:`assisted_correct` with ``refine``): before the brush, the annotator
+may click up to ``clicks`` times, each at the deepest point of the largest error of the
+current mask (:func:`ml_backend.click_training.next_click`, the CVPR 2025 interactive
+protocol's click), ``click_s`` + ``model_wait_s`` seconds each; a click that does not raise
+Dice is undone (its time is still spent), and clicking stops at the target.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -81,6 +88,7 @@ class CostModel:
         box_s: drawing one box (2 clicks).
         model_wait_s: waiting for the backend's mask after the box.
         reject_s: discarding the model's mask (one click) to start over manually.
+        click_s: one refinement click (positive or negative), before the model's answer.
         vertex_s: one polygon vertex click.
         polygon_s: per polygon: pick the tool, close, confirm.
         stroke_s: per brush stroke: aim, press, switch brush/eraser.
@@ -97,6 +105,7 @@ class CostModel:
     box_s: float = 3.0
     model_wait_s: float = 0.5
     reject_s: float = 1.0
+    click_s: float = 1.0
     vertex_s: float = 1.0
     polygon_s: float = 1.0
     stroke_s: float = 1.0
@@ -325,6 +334,130 @@ def manual_effort(expert: BoolArray, model: CostModel, rng: np.random.Generator)
     return _better(poly, brush)
 
 
+Refine = Callable[
+    [Sequence[Sequence[float]], Sequence[int], "npt.NDArray[np.float32] | None"],
+    "tuple[BoolArray, npt.NDArray[np.float32] | None]",
+]
+"""``refine(points, labels, previous_logits) -> (mask, logits)``: the model's answer to the
+box with these clicks (XY pixels; 1 positive, 0 negative) and the logits of the mask the
+annotator currently keeps (None before the first answer's logits are known)."""
+
+
+def predictor_refine(predictor: Any, box: Sequence[float]) -> Refine:
+    """:data:`Refine` over a predictor with the prompt API (``predict(box, points, labels,
+    mask_input)``, :mod:`ml_backend.predictors`) whose image is set: the box stays in every
+    prompt, and the kept mask's logits are fed back only when the predictor
+    ``refines_with_logits`` (as the backend does)."""
+    feed = bool(getattr(predictor, "refines_with_logits", False))
+
+    def refine(
+        points: Sequence[Sequence[float]],
+        labels: Sequence[int],
+        logits: npt.NDArray[np.float32] | None,
+    ) -> tuple[BoolArray, npt.NDArray[np.float32] | None]:
+        answer = predictor.predict(
+            box=box,
+            points=[list(p) for p in points],
+            labels=list(labels),
+            mask_input=logits if feed else None,
+        )
+        return np.asarray(answer.mask, dtype=bool), answer.logits
+
+    return refine
+
+
+def click_correct(
+    predicted: BoolArray,
+    logits: npt.NDArray[np.float32] | None,
+    expert: BoolArray,
+    model: CostModel,
+    refine: Refine,
+    clicks: int,
+) -> tuple[BoolArray, float, int]:
+    """Up to ``clicks`` refinement clicks from the model's first mask: ``(mask, seconds,
+    clicks made)``.
+
+    Each click goes to the largest error of the mask kept so far
+    (:func:`ml_backend.click_training.next_click`); a click whose answer does not raise Dice is
+    undone and left out of the next prompts, its time still spent.
+    """
+    from ml_backend.click_training import next_click  # the same click the decoder trained on
+
+    mask = np.asarray(predicted, dtype=bool)
+    gt_sum = int(expert.sum())
+    best = _dice(int((mask & expert).sum()), int(mask.sum()), gt_sum)
+    points: list[list[float]] = []
+    labels: list[int] = []
+    seconds, made = 0.0, 0
+    for _ in range(clicks):
+        if best >= model.target:
+            break
+        click = next_click(mask, expert)
+        if click is None:
+            break
+        seconds += model.click_s + model.model_wait_s
+        made += 1
+        points.append([click[0], click[1]])
+        labels.append(click[2])
+        answer, answer_logits = refine(points, labels, logits)
+        answer = np.asarray(answer, dtype=bool)
+        score = _dice(int((answer & expert).sum()), int(answer.sum()), gt_sum)
+        if score > best:  # kept; otherwise the annotator undoes it (Ctrl+Z)
+            mask, best, logits = answer, score, answer_logits
+        else:
+            points.pop()
+            labels.pop()
+    return mask, seconds, made
+
+
+def assisted_correct(
+    predicted: BoolArray,
+    expert: BoolArray,
+    model: CostModel,
+    rng: np.random.Generator,
+    manual: Effort,
+    *,
+    refine: Refine | None = None,
+    logits: npt.NDArray[np.float32] | None = None,
+    clicks: int = 0,
+) -> tuple[BoolArray, Effort]:
+    """Box + model mask (+ clicks) + brush fixes, or box + reject + ``manual`` if cheaper.
+
+    Args:
+        predicted: (H, W) bool mask the model returned for the box.
+        expert: (H, W) bool reference mask.
+        model: the cost model.
+        rng: randomness of the imperfect strokes.
+        manual: the manual effort for the same structure (the fallback after a reject).
+        refine: the model's answer to clicks (:data:`Refine`); None: no clicks.
+        logits: the first answer's logits, fed to ``refine`` with the first click.
+        clicks: refinement clicks at most before the brush (:func:`click_correct`).
+
+    Returns:
+        ``(final mask, effort)``; after a reject the final mask is ``expert`` itself (the
+        manual outline reached the target by construction, or got as close as it could).
+        ``tool`` is the brush's, prefixed ``"<k>click+"`` when ``k`` clicks were made.
+    """
+    prompt_s = model.box_s + model.model_wait_s
+    start, click_s, made = np.asarray(predicted, dtype=bool), 0.0, 0
+    if refine is not None and clicks > 0:
+        start, click_s, made = click_correct(predicted, logits, expert, model, refine, clicks)
+    mask, fix = brush_correct(start, expert, model, rng)
+    tool = f"{made}click+{fix.tool}" if made else fix.tool
+    corrected = Effort(
+        prompt_s + click_s + fix.seconds, 2 + made + fix.actions, fix.dice, fix.reached, tool
+    )
+    rejected = Effort(
+        prompt_s + model.reject_s + manual.seconds,
+        2 + 1 + manual.actions,
+        manual.dice,
+        manual.reached,
+        f"reject+{manual.tool}",
+    )
+    chosen = _better(corrected, rejected)
+    return (mask if chosen is corrected else expert.copy()), chosen
+
+
 def assisted_effort(
     predicted: BoolArray,
     expert: BoolArray,
@@ -341,14 +474,4 @@ def assisted_effort(
         rng: randomness of the imperfect strokes.
         manual: the manual effort for the same structure (the fallback after a reject).
     """
-    prompt_s = model.box_s + model.model_wait_s
-    fix = brush_effort(predicted, expert, model, rng)
-    corrected = Effort(prompt_s + fix.seconds, 2 + fix.actions, fix.dice, fix.reached, fix.tool)
-    rejected = Effort(
-        prompt_s + model.reject_s + manual.seconds,
-        2 + 1 + manual.actions,
-        manual.dice,
-        manual.reached,
-        f"reject+{manual.tool}",
-    )
-    return _better(corrected, rejected)
+    return assisted_correct(predicted, expert, model, rng, manual)[1]

@@ -7,7 +7,15 @@ import sys
 import numpy as np
 import pytest
 
-from medcrowd.effort import CostModel, brush_correct, brush_effort
+from medcrowd.effort import (
+    CostModel,
+    Effort,
+    assisted_correct,
+    assisted_effort,
+    brush_correct,
+    brush_effort,
+    manual_effort,
+)
 from tests.helpers import REPO
 
 
@@ -52,6 +60,56 @@ def test_budget_caps_the_seconds() -> None:
     assert partial >= 1  # some budget buys part of the corrections
     none, zero = brush_correct(START, EXPERT, model, np.random.default_rng(0), budget_s=0.0)
     assert np.array_equal(none, START) and zero.seconds == 0 and zero.tool == "none"
+
+
+def test_a_click_that_fixes_the_mask_replaces_the_brush_and_costs_one_click() -> None:
+    model = CostModel()
+    rng = np.random.default_rng(0)
+    manual = manual_effort(EXPERT, model, rng)
+    prompts: list[tuple[list[list[float]], list[int], object]] = []
+
+    def refine(points, labels, logits):  # type: ignore[no-untyped-def]
+        prompts.append(([list(p) for p in points], list(labels), logits))
+        return EXPERT.copy(), np.full((256, 256), 7.0, np.float32)
+
+    first_logits = np.zeros((256, 256), np.float32)
+    mask, effort = assisted_correct(
+        START, EXPERT, model, rng, manual, refine=refine, logits=first_logits, clicks=3
+    )
+    assert np.array_equal(mask, EXPERT) and effort.reached and effort.tool == "1click+none"
+    assert effort.seconds == pytest.approx(
+        model.box_s + model.model_wait_s + model.click_s + model.model_wait_s
+    )
+    assert effort.actions == 3  # the box's two clicks + one refinement click
+    ((points, labels, fed),) = prompts  # one click: the target was reached
+    x, y = points[0]
+    assert labels == [1] and EXPERT[int(y), int(x)] and not START[int(y), int(x)]
+    assert fed is first_logits  # the first answer's logits go with the first click
+
+
+def test_clicks_that_make_it_worse_are_undone_but_paid_for() -> None:
+    model = CostModel()
+    manual = Effort(1e6, 1000, 1.0, True, "polygon")  # so dear that rejecting never pays
+    calls = []
+
+    def refine(points, labels, logits):  # type: ignore[no-untyped-def]
+        calls.append(len(points))
+        return np.zeros_like(EXPERT), None
+
+    mask, effort = assisted_correct(
+        START, EXPERT, model, np.random.default_rng(1), manual, refine=refine, clicks=2
+    )
+    # each undone click leaves the prompt: every call carries one point
+    assert calls == [1, 1]
+    brushed, fix = brush_correct(START, EXPERT, model, np.random.default_rng(1))
+    clicks_s = 2 * (model.click_s + model.model_wait_s)
+    assert effort.tool == f"2click+{fix.tool}" and np.array_equal(mask, brushed)
+    assert effort.seconds == pytest.approx(
+        model.box_s + model.model_wait_s + clicks_s + fix.seconds
+    )
+    # without clicks it is assisted_effort exactly
+    plain = assisted_effort(START, EXPERT, model, np.random.default_rng(1), manual)
+    assert isinstance(plain, Effort) and plain.seconds == pytest.approx(effort.seconds - clicks_s)
 
 
 def test_benchmarks_use_the_package_model() -> None:
