@@ -215,6 +215,8 @@ class EvaluateOptions:
             raise ValueError(f"--epochs-min must be > 0, got {self.epochs_min}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
         if self.threads < 0:
             raise ValueError(f"--threads must be >= 0 (0 = torch's default), got {self.threads}")
         if self.mask_threshold is not None and not 1 <= self.mask_threshold <= 255:

@@ -151,9 +151,16 @@ def test_threads_are_set_before_training(
         assert not any("intra-op" in s for s in stages)
 
 
-def test_negative_threads_are_refused(tiny: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="--threads must be >= 0"):
-        evaluate(tiny, tmp_path, EvaluateOptions(threads=-1, **OPTS))  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("change", "message"), [({"threads": -1}, "--threads must be >= 0"), ({"lr": 0.0}, "--lr")]
+)
+def test_bad_threads_or_lr_are_refused(
+    tiny: Path, tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    options = EvaluateOptions(**{**OPTS, **change})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=message):
+        evaluate(tiny, tmp_path, options)
+    assert not (tmp_path / "results.csv").exists()
 
 
 def test_crowd_folder_with_a_test_image_is_refused(
