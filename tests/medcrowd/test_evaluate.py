@@ -157,7 +157,7 @@ def test_threads_are_set_before_training(
 def test_bad_threads_or_lr_are_refused(
     tiny: Path, tmp_path: Path, change: dict[str, Any], message: str
 ) -> None:
-    options = EvaluateOptions(**{**OPTS, **change})  # type: ignore[arg-type]
+    options = EvaluateOptions(**{**OPTS, **change})
     with pytest.raises(ValueError, match=message):
         evaluate(tiny, tmp_path, options)
     assert not (tmp_path / "results.csv").exists()
