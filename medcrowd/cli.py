@@ -310,7 +310,8 @@ def status(
     token: TokenOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Project progress (tasks with 0..k annotations) and per-volunteer counts and time."""
+    """Project progress (tasks with 0..k annotations), per-volunteer counts and time, and
+    which propagated slice proposals volunteers submitted untouched or edited."""
     import json
 
     from rich.table import Table
@@ -336,6 +337,13 @@ def status(
         people.add_row(str(row["id"]), row["email"], str(row["annotations"]), str(row["gold"]),
                        str(row["skipped"]), f"{row['lead_time_s'] / 60:.1f}")  # fmt: skip
     console.print(people)
+    review = info["proposals"]
+    if review["proposed"]:
+        console.print(
+            f"slice proposals (3-D propagation): {review['proposed']} slices proposed, "
+            f"{review['reviewed']} annotations on them: {review['accepted']} submitted "
+            f"untouched, {review['edited']} edited (--json lists them per slice)"
+        )
 
 
 gold_app = typer.Typer(help="Expert gold tasks (hidden ground truth).", no_args_is_help=True)

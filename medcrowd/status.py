@@ -1,13 +1,19 @@
-"""``medcrowd status``: how far a project is, and who did what."""
+"""``medcrowd status``: how far a project is, who did what, and which slice proposals the
+volunteers kept or edited."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any
 
-from medcrowd.studio import Studio
+import numpy as np
 
-__all__ = ["project_status"]
+from medcrowd.studio import Studio, Task
+
+__all__ = ["PROPOSAL_PREFIX", "project_status", "proposal_review"]
+
+PROPOSAL_PREFIX = "propagated-"
+"""``model_version`` prefix of the backend's slice proposals (``ml_backend.engine``)."""
 
 
 def project_status(studio: Studio, project_id: int) -> dict[str, Any]:
@@ -16,12 +22,12 @@ def project_status(studio: Studio, project_id: int) -> dict[str, Any]:
     Returns:
         ``{"project", "title", "overlap", "tasks", "by_annotations": {n: tasks with n
         submitted annotations}, "complete", "volunteers": [{"id", "email", "annotations",
-        "gold", "skipped", "lead_time_s"}]}`` (cancelled/skipped annotations are counted
-        apart and do not advance a task).
+        "gold", "skipped", "lead_time_s"}], "proposals": proposal_review(...)}``
+        (cancelled/skipped annotations are counted apart and do not advance a task).
     """
     project = studio.project(project_id)
     overlap = project.overlap
-    all_tasks = studio.tasks(project_id, full=False)
+    all_tasks = studio.tasks(project_id)  # with data: proposal_review needs data.medcrowd
     exported = {int(t["id"]): t for t in studio.export_tasks(project_id)}
     emails = studio.users()
     per_task: Counter[int] = Counter()
@@ -55,4 +61,93 @@ def project_status(studio: Studio, project_id: int) -> dict[str, Any]:
         },
         "complete": sum(v for n, v in histogram.items() if n >= overlap),
         "volunteers": sorted(people.values(), key=lambda r: r["id"]),
+        "proposals": proposal_review(studio, all_tasks, exported),
+    }
+
+
+def proposal_review(
+    studio: Studio, tasks: list[Task], exported: dict[int, dict[str, Any]]
+) -> dict[str, Any]:
+    """Which slices of imported volumes carry a propagated proposal, and what volunteers did.
+
+    A submitted annotation on such a slice is *accepted* when its brush mask is the
+    proposal's pixel for pixel (the volunteer submitted it untouched) and *edited* otherwise;
+    ``dice`` is the annotation's Dice against the proposal. The comparison is with the
+    proposal the task carries now: a later submit on a neighbouring slice replaces it, so an
+    annotation made before that counts as edited unless the new proposal is the same.
+
+    Args:
+        tasks: the project's tasks (:meth:`Studio.tasks`); only those imported from a volume
+            (``data.medcrowd``) are asked for their predictions.
+        exported: the annotated tasks by id (:meth:`Studio.export_tasks`).
+
+    Returns:
+        ``{"proposed": slices with a proposal, "reviewed": annotations on them, "accepted",
+        "edited", "slices": [{"task", "source", "index", "model_version", "annotations":
+        [{"id", "accepted", "dice"}]}]}`` (``dice`` None: the annotation's RLE is unreadable).
+    """
+    from fusion.metrics import dice
+    from medcrowd.sync import brush_mask
+
+    rows: list[dict[str, Any]] = []
+    reviewed: list[dict[str, Any]] = []
+    for task in tasks:
+        meta = task.data.get("medcrowd")
+        if not isinstance(meta, dict) or "index" not in meta:
+            continue
+        proposals = [
+            p for p in studio.predictions(task.id) if p.model_version.startswith(PROPOSAL_PREFIX)
+        ]
+        if not proposals:
+            continue
+        latest = max(proposals, key=lambda p: p.id)
+        sizes = [
+            (int(r["original_height"]), int(r["original_width"]))
+            for r in latest.result
+            if isinstance(r, dict) and r.get("original_height") and r.get("original_width")
+        ]
+        if not sizes:
+            continue
+        height, width = sizes[0]
+        try:
+            proposal = brush_mask(latest.result, height, width)
+        except ValueError:  # malformed RLE: not ours to judge
+            continue
+        if proposal is None:
+            continue
+        reviews: list[dict[str, Any]] = []
+        for ann in (exported.get(task.id) or {}).get("annotations") or []:
+            if ann.get("was_cancelled") or ann.get("ground_truth"):
+                continue
+            try:
+                mask = brush_mask(ann.get("result") or [], height, width)
+            except ValueError:  # malformed RLE: counted as edited, no Dice
+                reviews.append({"id": int(ann["id"]), "accepted": False, "dice": None})
+                continue
+            if mask is None:
+                mask = np.zeros_like(proposal)
+            reviews.append(
+                {
+                    "id": int(ann["id"]),
+                    "accepted": bool(np.array_equal(mask, proposal)),
+                    "dice": round(float(dice(mask, proposal)), 4),
+                }
+            )
+        rows.append(
+            {
+                "task": task.id,
+                "source": meta.get("source"),
+                "index": int(meta["index"]),
+                "model_version": latest.model_version,
+                "annotations": reviews,
+            }
+        )
+        reviewed += reviews
+    accepted = sum(bool(r["accepted"]) for r in reviewed)
+    return {
+        "proposed": len(rows),
+        "reviewed": len(reviewed),
+        "accepted": accepted,
+        "edited": len(reviewed) - accepted,
+        "slices": sorted(rows, key=lambda r: (str(r["source"]), r["index"])),
     }

@@ -28,7 +28,7 @@ from medcrowd.studio import LabelStudioUnavailable, Prediction, Studio
 from ml_backend.labeling import HINT_CONTROL, brush_result
 from ml_backend.rle import rle_to_mask
 
-__all__ = ["PullReport", "PushReport", "load_fused", "pull", "push"]
+__all__ = ["PullReport", "PushReport", "brush_mask", "load_fused", "pull", "push"]
 
 
 @dataclass
@@ -53,7 +53,7 @@ def _annotator(value: Any) -> tuple[int | None, str | None]:
     return (int(value) if value is not None else None, None)
 
 
-def _brush_mask(results: list[dict[str, Any]], height: int, width: int) -> np.ndarray | None:
+def brush_mask(results: list[dict[str, Any]], height: int, width: int) -> np.ndarray | None:
     """Union of every brush region of an annotation, or None when it has none.
 
     Regions on ``sqa_error`` (the predicted-error hint ``medcrowd select`` shows, which a
@@ -141,7 +141,7 @@ def _pull(
             ]
             h, w = (height, width) if height else (sizes[0] if sizes else (0, 0))
             try:
-                mask = _brush_mask(results, h, w) if h else None
+                mask = brush_mask(results, h, w) if h else None
             except ValueError:
                 report.failed += 1  # malformed RLE: recorded as a failure, never guessed
                 continue

@@ -71,6 +71,31 @@ RECTANGLE_SCHEMA: dict[str, Any] = {
 }
 """The volunteer's box: x, y, width, height in percent of the original image."""
 
+KEYPOINT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "value"],
+    "properties": {
+        "original_width": _INT,
+        "original_height": _INT,
+        "from_name": _STR,
+        "to_name": _STR,
+        "is_positive": {"type": ["boolean", "integer"]},
+        "type": {"type": "string", "enum": ["keypointlabels"]},
+        "value": {
+            "type": "object",
+            "required": ["x", "y"],
+            "properties": {
+                "x": _NUM,
+                "y": _NUM,
+                "width": _NUM,
+                "keypointlabels": {"type": "array", "items": _STR},
+            },
+        },
+    },
+}
+"""A volunteer's click: x, y in percent of the original image; ``is_positive`` false (or 0)
+for a negative click (Label Studio's SAM example sets it with the Alt key)."""
+
 XML_SCHEMA: dict[str, Any] = {"type": "string", "maxLength": MAX_LABEL_CONFIG_CHARS}
 
 PREDICT_SCHEMA: dict[str, Any] = {
@@ -87,14 +112,19 @@ PREDICT_SCHEMA: dict[str, Any] = {
                 "password": {"type": ["string", "null"]},
                 "context": {
                     "type": ["object", "null"],
-                    "properties": {"result": {"type": "array", "items": RECTANGLE_SCHEMA}},
+                    "properties": {
+                        "result": {
+                            "type": "array",
+                            "items": {"anyOf": [RECTANGLE_SCHEMA, KEYPOINT_SCHEMA]},
+                        }
+                    },
                 },
             },
         },
     },
 }
 """``POST /predict``: the tasks, the project's labeling config and, for an interactive call,
-the drawn rectangle in ``params.context``."""
+the drawn rectangle and the clicks (keypoints) in ``params.context``."""
 
 SETUP_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -1,6 +1,7 @@
 """3-D propagation for real: a volunteer submits one slice of an imported volume in Label
 Studio → Label Studio's webhook → our backend proposes masks on the neighbouring slices'
-tasks; and ``medcrowd propagate``'s offline writer on the same volume.
+tasks, and ``medcrowd status`` tells which proposals were submitted untouched or edited; and
+``medcrowd propagate``'s offline writer on the same volume.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from medcrowd.imaging import read_volume
 from medcrowd.importer import ImportOptions, import_path
 from medcrowd.propagate import propagate_to_folder
 from medcrowd.settings import config_path
+from medcrowd.status import PROPOSAL_PREFIX, project_status
 from medcrowd.studio import Studio
+from ml_backend.engine import PROPAGATED_PREFIX
 from ml_backend.labeling import brush_result
 from ml_backend.rle import rle_to_mask
 from tests.helpers import BackendHandle, StudioHandle, tight_box
@@ -91,6 +94,28 @@ def test_a_submitted_slice_is_proposed_on_its_neighbours(
         p for p in studio.predictions(int(tasks[z].id)) if p.model_version.startswith("propagated-")
     ]
     assert len(again) == 1
+    # which proposals volunteers kept: one slice submitted untouched, one edited. No new
+    # proposals meanwhile (a submit on a proposed slice would propagate from it in the
+    # background and replace its neighbours' proposals under the comparison).
+    assert PROPOSAL_PREFIX == PROPAGATED_PREFIX and len(proposed) >= 2
+    kept_slices, engine.propagate_slices = engine.propagate_slices, 0
+    try:
+        z_keep, z_edit = proposed[0], proposed[-1]
+        untouched = next(
+            p for p in studio.predictions(int(tasks[z_keep].id))
+            if p.model_version.startswith(PROPOSAL_PREFIX)
+        ).result  # fmt: skip
+        studio.create_annotation(int(tasks[z_keep].id), untouched)
+        studio.create_annotation(int(tasks[z_edit].id), [brush_result(truth[z_edit], "Organ")])
+        review = project_status(studio, project_id)["proposals"]
+    finally:
+        engine.propagate_slices = kept_slices
+    assert review["proposed"] == len(proposed)
+    assert (review["reviewed"], review["accepted"], review["edited"]) == (2, 1, 1), review
+    by_index = {row["index"]: row for row in review["slices"]}
+    assert by_index[z_keep]["annotations"][0]["accepted"]
+    (edited,) = by_index[z_edit]["annotations"]
+    assert not edited["accepted"] and edited["dice"] == pytest.approx(scores[z_edit], abs=1e-3)
 
 
 def test_offline_propagation_writes_masks_geometry_and_record(
