@@ -24,7 +24,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,12 @@ def add_stack_arguments(ap: argparse.ArgumentParser) -> None:
         "--ls-workers", type=int, default=1, help="gunicorn processes (>1 needs PostgreSQL)"
     )
     ap.add_argument("--ls-threads", type=int, default=8, help="gunicorn threads per process")
+    ap.add_argument(
+        "--postgres",
+        action="store_true",
+        help="Label Studio on a private, throwaway PostgreSQL cluster (needs initdb/pg_ctl; "
+        "tests.helpers.postgres_cluster) instead of SQLite",
+    )
     ap.add_argument("--no-wal", action="store_true", help="leave SQLite in rollback-journal mode")
     ap.add_argument(
         "--ls-data-dir",
@@ -167,12 +173,32 @@ def running_stack(
             backend's cache and log.
         step: progress printer (:func:`stepper`).
     """
+    with ExitStack() as cleanup:
+        database = None
+        if getattr(args, "postgres", False):
+            from medcrowd.embedded import PostgresDatabase
+            from tests.helpers import postgres_cluster
+
+            step("starting a private PostgreSQL cluster")
+            server = cleanup.enter_context(postgres_cluster())
+            url = server.create_database("labelstudio", secrets.token_hex(12), "labelstudio")
+            database = PostgresDatabase.from_url(url)
+        with _stack(args, work, step, database) as stack:
+            yield stack
+
+
+@contextmanager
+def _stack(
+    args: argparse.Namespace, work: Path, step: Callable[[str], None], database: Any
+) -> Iterator[Stack]:
     ls_dir = Path(args.ls_data_dir) if args.ls_data_dir else work / "label-studio"
     creds = credentials(ls_dir)
     ls_kwargs: dict[str, Any] = {}
     if args.ls_server != "dev" or args.no_wal:  # keeps the scripts runnable on older trees
         ls_kwargs = {"server": args.ls_server, "workers": args.ls_workers,
                      "threads": args.ls_threads, "sqlite_wal": not args.no_wal}  # fmt: skip
+    if database is not None:
+        ls_kwargs["database"] = database
     ls = LabelStudioProcess(
         data_dir=ls_dir,
         email=creds["email"],
@@ -183,7 +209,8 @@ def running_stack(
     )
     backend: BenchBackend | None = None
     try:
-        step(f"starting Label Studio ({args.ls_server})")
+        db = "PostgreSQL" if database is not None else "SQLite"
+        step(f"starting Label Studio ({args.ls_server}, {args.ls_workers} worker(s), {db})")
         ls.start()
         cache_dir = work / "backend-cache"
         cache_dir.mkdir(parents=True)

@@ -591,3 +591,131 @@ def one_slice_project(
         "user_id": user_id,
         "gt": gt,
     }
+
+
+# -- a throwaway PostgreSQL cluster (tests/e2e/test_postgres.py, benchmarks/_stack.py) ----------
+class PostgresMissing(RuntimeError):
+    """No PostgreSQL server binaries, or no way to run them (root without a postgres user)."""
+
+
+def _pg_bindir() -> Path | None:
+    """Directory with initdb/pg_ctl: ``MEDCROWD_PG_BINDIR``, Debian's newest
+    /usr/lib/postgresql/N/bin, else PATH."""
+    import shutil
+
+    override = os.environ.get("MEDCROWD_PG_BINDIR")
+    if override:
+        return Path(override)
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if versions:
+        return versions[-1].parent
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+@dataclass
+class PostgresServer:
+    """A running private cluster: superuser ``pgadmin`` over the Unix socket (trust), every
+    TCP client on 127.0.0.1:``port`` with a password (SCRAM-SHA-256)."""
+
+    port: int
+    socket_dir: Path
+    admin: str = "pgadmin"
+
+    def connect(self, dbname: str = "postgres") -> Any:
+        import psycopg
+
+        return psycopg.connect(
+            host=str(self.socket_dir), port=self.port, user=self.admin, dbname=dbname,
+            autocommit=True,
+        )  # fmt: skip
+
+    def create_database(self, user: str, password: str, name: str) -> str:
+        """A login role owning a new database; returns its percent-encoded TCP URL."""
+        from urllib.parse import quote
+
+        from psycopg import sql
+
+        with self.connect() as conn:
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(user), sql.Literal(password)
+                )
+            )
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(name), sql.Identifier(user)
+                )
+            )
+        return (
+            f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}"
+            f"@127.0.0.1:{self.port}/{quote(name, safe='')}"
+        )
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster in a temporary directory, removed afterwards.
+
+    Debian's ``postgresql`` package (or any ``initdb``/``pg_ctl`` on PATH), listening on a free
+    loopback port. PostgreSQL refuses to run as root, so under root the server runs as the
+    ``postgres`` system user. Durability is off (``fsync``, ``synchronous_commit``,
+    ``full_page_writes``): a throwaway cluster, and Label Studio's migrations run fast.
+
+    Raises:
+        PostgresMissing: no server binaries, or root without a ``postgres`` user.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    from medcrowd.embedded import free_port
+
+    bindir = _pg_bindir()
+    if bindir is None or not (bindir / "pg_ctl").exists():
+        raise PostgresMissing("PostgreSQL server binaries (initdb, pg_ctl) not found")
+    run_as: dict[str, Any] = {}
+    root = Path(tempfile.mkdtemp(prefix="medcrowd-pg-"))  # short: socket paths max ~100 chars
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(root)
+            raise PostgresMissing(
+                "running as root and there is no 'postgres' system user to run the server"
+            ) from None
+        run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        os.chown(root, account.pw_uid, account.pw_gid)
+    data, log = root / "data", root / "server.log"
+    port = free_port()
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+
+    def pg(*args: str) -> None:
+        subprocess.run(
+            [str(bindir / args[0]), *args[1:]], cwd=root, env=env, check=True,
+            capture_output=True, timeout=120, **run_as,
+        )  # fmt: skip
+
+    started = False
+    try:
+        pg("initdb", "-D", str(data), "-U", "pgadmin", "--auth-local=trust",
+           "--auth-host=scram-sha-256", "-E", "UTF8", "--no-locale", "--no-sync")  # fmt: skip
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {root} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        pg("pg_ctl", "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
+        started = True
+        yield PostgresServer(port=port, socket_dir=root)
+    except subprocess.CalledProcessError as exc:
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise RuntimeError(f"{exc.cmd[0]} failed: {exc.stderr!r}\n{tail}") from exc
+    finally:
+        if started:
+            pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,10 +1,10 @@
 """``medcrowd up --database postgresql://…``: Label Studio on a real, throwaway PostgreSQL.
 
-The fixture starts a private PostgreSQL cluster (Debian's ``postgresql`` package, or any
-``initdb``/``pg_ctl`` on PATH) in a temporary directory, listening on a free loopback port with
-password (SCRAM) authentication for TCP clients, and removes it afterwards. PostgreSQL refuses
-to run as root, so under root the server runs as the ``postgres`` system user; as any other
-user it runs as that user.
+The fixture starts a private PostgreSQL cluster (``tests.helpers.postgres_cluster``: Debian's
+``postgresql`` package, or any ``initdb``/``pg_ctl`` on PATH) in a temporary directory,
+listening on a free loopback port with password (SCRAM) authentication for TCP clients, and
+removes it afterwards. PostgreSQL refuses to run as root, so under root the server runs as the
+``postgres`` system user; as any other user it runs as that user.
 
 The URL-parsing tests at the top need no server.
 """
@@ -14,12 +14,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +25,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medcrowd.embedded import LabelStudioProcess, PostgresDatabase, free_port
+from tests.helpers import PostgresMissing, PostgresServer, postgres_cluster
 
 
 # -- the URL, no server needed ---------------------------------------------------------------
@@ -111,114 +109,16 @@ def test_label_studio_gets_the_database_and_stray_overrides_are_dropped(
     assert sqlite_env["DJANGO_DB"] == "sqlite" and "HEARTEX_DJANGO_DB" not in sqlite_env
 
 
-# -- a throwaway PostgreSQL cluster -------------------------------------------------------------
-def _pg_bindir() -> Path | None:
-    """Directory with initdb/pg_ctl: Debian's newest /usr/lib/postgresql/N/bin, else PATH."""
-    override = os.environ.get("MEDCROWD_PG_BINDIR")
-    if override:
-        return Path(override)
-    versions = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
-    )
-    if versions:
-        return versions[-1].parent
-    found = shutil.which("initdb")
-    return Path(found).parent if found else None
-
-
-def _missing(reason: str) -> None:
-    """Skip on a developer machine; fail in CI, where .ci/run installs PostgreSQL."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI installs Debian's postgresql: see .ci/run)")
-    pytest.skip(reason)
-
-
-@dataclass
-class PostgresServer:
-    """A running private cluster: superuser ``admin`` over the Unix socket (trust), every TCP
-    client on 127.0.0.1:``port`` with a password (SCRAM-SHA-256)."""
-
-    port: int
-    socket_dir: Path
-    admin: str = "pgadmin"
-
-    def connect(self, dbname: str = "postgres") -> Any:
-        import psycopg
-
-        return psycopg.connect(
-            host=str(self.socket_dir), port=self.port, user=self.admin, dbname=dbname,
-            autocommit=True,
-        )  # fmt: skip
-
-    def create_database(self, user: str, password: str, name: str) -> str:
-        """A login role owning a new database; returns its percent-encoded TCP URL."""
-        from psycopg import sql
-
-        with self.connect() as conn:
-            conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(user), sql.Literal(password)
-                )
-            )
-            conn.execute(
-                sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(name), sql.Identifier(user)
-                )
-            )
-        return (
-            f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}"
-            f"@127.0.0.1:{self.port}/{quote(name, safe='')}"
-        )
-
-
+# -- a throwaway PostgreSQL cluster (tests.helpers.postgres_cluster) ---------------------------
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PostgresServer]:
-    bindir = _pg_bindir()
-    if bindir is None or not (bindir / "pg_ctl").exists():
-        _missing("PostgreSQL server binaries (initdb, pg_ctl) not found")
-    assert bindir is not None
-    run_as: dict[str, Any] = {}
-    root = Path(tempfile.mkdtemp(prefix="medcrowd-pg-"))  # short: socket paths max ~100 chars
-    if os.geteuid() == 0:  # postgres refuses to run as root: use the postgres system user
-        import pwd
-
-        try:
-            account = pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(root)
-            _missing("running as root and there is no 'postgres' system user to run the server")
-        run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-        os.chown(root, account.pw_uid, account.pw_gid)
-    data, log = root / "data", root / "server.log"
-    port = free_port()
-    env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-
-    def pg(*args: str) -> None:
-        subprocess.run(
-            [str(bindir / args[0]), *args[1:]], cwd=root, env=env, check=True,
-            capture_output=True, timeout=120, **run_as,
-        )  # fmt: skip
-
-    started = False
     try:
-        pg("initdb", "-D", str(data), "-U", "pgadmin", "--auth-local=trust",
-           "--auth-host=scram-sha-256", "-E", "UTF8", "--no-locale", "--no-sync")  # fmt: skip
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {port} -k {root} "
-            # a throwaway cluster: durability off makes Label Studio's migrations fast
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
-        pg("pg_ctl", "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
-        started = True
-        yield PostgresServer(port=port, socket_dir=root)
-    except subprocess.CalledProcessError as exc:
-        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-        raise RuntimeError(f"{exc.cmd[0]} failed: {exc.stderr!r}\n{tail}") from exc
-    finally:
-        if started:
-            pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        with postgres_cluster() as server:
+            yield server
+    except PostgresMissing as exc:
+        if os.environ.get("CI"):  # .ci/run installs PostgreSQL: never skip there
+            pytest.fail(f"{exc} (CI installs Debian's postgresql: see .ci/run)")
+        pytest.skip(str(exc))
 
 
 # -- medcrowd up on it ------------------------------------------------------------------------
