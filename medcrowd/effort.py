@@ -55,7 +55,8 @@ Refinement clicks (:func:`assisted_correct` with ``refine``): before the brush, 
 may click up to ``clicks`` times, each at the deepest point of the largest error of the
 current mask (:func:`ml_backend.click_training.next_click`, the CVPR 2025 interactive
 protocol's click), ``click_s`` + ``model_wait_s`` seconds each; a click that does not raise
-Dice is undone (its time is still spent), and clicking stops at the target.
+Dice is undone (its time is still spent), and clicking stops at the target. As with the
+reject, the oracle takes clicks only where clicking + brushing is cheaper than brushing.
 """
 
 from __future__ import annotations
@@ -423,6 +424,10 @@ def assisted_correct(
 ) -> tuple[BoolArray, Effort]:
     """Box + model mask (+ clicks) + brush fixes, or box + reject + ``manual`` if cheaper.
 
+    The annotator is the same oracle as for the reject: with ``refine``, it takes the cheaper
+    of brushing the model's mask and clicking first (:func:`click_correct`) then brushing, so
+    clicks are used only where they save time.
+
     Args:
         predicted: (H, W) bool mask the model returned for the box.
         expert: (H, W) bool reference mask.
@@ -439,14 +444,21 @@ def assisted_correct(
         ``tool`` is the brush's, prefixed ``"<k>click+"`` when ``k`` clicks were made.
     """
     prompt_s = model.box_s + model.model_wait_s
-    start, click_s, made = np.asarray(predicted, dtype=bool), 0.0, 0
+    mask, fix = brush_correct(np.asarray(predicted, dtype=bool), expert, model, rng)
+    corrected = Effort(prompt_s + fix.seconds, 2 + fix.actions, fix.dice, fix.reached, fix.tool)
     if refine is not None and clicks > 0:
         start, click_s, made = click_correct(predicted, logits, expert, model, refine, clicks)
-    mask, fix = brush_correct(start, expert, model, rng)
-    tool = f"{made}click+{fix.tool}" if made else fix.tool
-    corrected = Effort(
-        prompt_s + click_s + fix.seconds, 2 + made + fix.actions, fix.dice, fix.reached, tool
-    )
+        # its own stream, drawn after the brush-only path's, which stays as without clicks
+        clicked, cfix = brush_correct(
+            start, expert, model, np.random.default_rng(rng.bit_generator.random_raw())
+        )
+        tool = f"{made}click+{cfix.tool}" if made else cfix.tool
+        via_clicks = Effort(
+            prompt_s + click_s + cfix.seconds, 2 + made + cfix.actions, cfix.dice, cfix.reached,
+            tool,
+        )  # fmt: skip
+        if _better(via_clicks, corrected) is via_clicks:
+            mask, corrected = clicked, via_clicks
     rejected = Effort(
         prompt_s + model.reject_s + manual.seconds,
         2 + 1 + manual.actions,
@@ -465,13 +477,6 @@ def assisted_effort(
     rng: np.random.Generator,
     manual: Effort,
 ) -> Effort:
-    """Box + model mask + brush corrections, or box + reject + ``manual`` if that is cheaper.
-
-    Args:
-        predicted: (H, W) bool mask the model returned for the box.
-        expert: (H, W) bool reference mask.
-        model: the cost model.
-        rng: randomness of the imperfect strokes.
-        manual: the manual effort for the same structure (the fallback after a reject).
-    """
+    """:func:`assisted_correct` without clicks, its effort only (box + model mask + brush
+    corrections, or box + reject + ``manual`` if that is cheaper)."""
     return assisted_correct(predicted, expert, model, rng, manual)[1]
