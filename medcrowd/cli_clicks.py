@@ -46,6 +46,13 @@ def clicks_command(
     distill_weight: Annotated[
         float, typer.Option(help="Weight of the distillation toward the stock box-only answer.")
     ] = 1.0,
+    start: Annotated[
+        str,
+        typer.Option(
+            help="Which decoder answers each episode's box before the first click: 'student' "
+            "(the one being trained, as the click-aware predictor answers a box) or 'stock'."
+        ),
+    ] = "stock",
     seed: Annotated[int, typer.Option(help="Seeds the data draw, the order and torch.")] = 0,
     threads: Annotated[
         int, typer.Option(help="Torch CPU threads (1 is fastest on a shared, busy machine).")
@@ -74,6 +81,7 @@ def clicks_command(
         rounds=rounds,
         box_only_rate=box_only_rate,
         distill_weight=distill_weight,
+        start=start,
         seed=seed,
         threads=threads,
     )
@@ -85,7 +93,12 @@ def clicks_command(
     console.print(f"wrote {report.weights} ({size:.1f} MB, sha256 {sha}…) in {seconds:.0f} s")
     console.print(f"loss {meta['loss_first_10pct']:.3f} → {meta['loss_last_10pct']:.3f} "
                   "(first / last 10 % of steps)")  # fmt: skip
-    for name, curve in (("stock + logits", report.val_stock), ("trained", report.val_trained)):
+    curves = (
+        ("stock + logits", report.val_stock),
+        ("trained", report.val_trained),
+        ("trained, stock box", report.val_trained_stock_box),
+    )
+    for name, curve in curves:
         if curve:
             console.print(f"held-out training-set structures, {name}: Dice after 0..5 clicks "
                           + " ".join(f"{d:.3f}" for d in curve))  # fmt: skip

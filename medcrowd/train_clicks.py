@@ -62,6 +62,7 @@ class ClickTrainOptions:
     rounds: int = 8
     box_only_rate: float = 0.25
     distill_weight: float = 1.0
+    start: str = "stock"
     seed: int = 0
     val_fraction: float = 0.1
     images: dict[str, int] = field(
@@ -83,14 +84,17 @@ class ClickTrainReport:
     Attributes:
         weights: the written weights file (its JSON is beside it).
         meta: the JSON written beside the weights.
-        val_stock, val_trained: mean Dice after 0..5 clicks on the held-out training-set
-            structures (stock decoder fed its previous logits / the trained decoder).
+        val_stock, val_trained, val_trained_stock_box: mean Dice after 0..5 clicks on the
+            held-out training-set structures: the stock decoder fed its previous logits; the
+            trained decoder for the box and every click (the click-aware predictor's default
+            routing); the stock decoder's box, then the trained decoder for the clicks.
     """
 
     weights: Path
     meta: dict[str, Any]
     val_stock: list[float]
     val_trained: list[float]
+    val_trained_stock_box: list[float]
 
 
 def _components(mask: np.ndarray, keep: int, min_px: int) -> list[np.ndarray]:
@@ -287,6 +291,8 @@ def train_clicks(
         raise ValueError("--steps, --batch-size and --rounds must be >= 1")
     if not 0.0 <= options.box_only_rate <= 1.0 or not 0.0 <= options.val_fraction < 1.0:
         raise ValueError("--box-only-rate must be in [0, 1] (and val_fraction in [0, 1))")
+    if options.start not in ("student", "stock"):
+        raise ValueError(f"--start must be 'student' or 'stock', got {options.start!r}")
     if not data_root.is_dir():
         raise FileNotFoundError(f"shared data folder {data_root} not found")
     if options.threads:
@@ -314,6 +320,7 @@ def train_clicks(
         rounds=options.rounds,
         box_only_rate=options.box_only_rate,
         distill_weight=options.distill_weight,
+        start=options.start,
         seed=options.seed,
         checkpoint=checkpoint,
     )
@@ -328,19 +335,22 @@ def train_clicks(
     )
     assert trainer.decoder_ is not None
     val_task = bar.add_task("validation", total=len(val)) if bar else None
-    curves_stock, curves_trained = [], []
+    stock, trained = predictor.prompt_decoder, trainer.decoder_
+    routings = {"stock+logits": (stock, stock), "trained": (trained, trained),
+                "trained:stock-box": (stock, trained)}  # fmt: skip
+    curves: dict[str, list[list[float]]] = {name: [] for name in routings}
     for s in val:
         target = model_frame_mask(s.mask, sizes[s.image])
         if not target.any():
             continue
         emb = embeddings[s.image].astype(np.float32)
-        stock = predictor.prompt_decoder
-        curves_stock.append(click_curve(stock, stock, emb, target, sizes[s.image]))
-        curves_trained.append(click_curve(stock, trainer.decoder_, emb, target, sizes[s.image]))
+        for name, (box_decoder, click_decoder) in routings.items():
+            curves[name].append(
+                click_curve(box_decoder, click_decoder, emb, target, sizes[s.image])
+            )
         if bar:
             bar.advance(val_task)
-    val_stock = np.mean(curves_stock, axis=0).round(4).tolist() if curves_stock else []
-    val_trained = np.mean(curves_trained, axis=0).round(4).tolist() if curves_trained else []
+    mean = {k: np.mean(v, axis=0).round(4).tolist() if v else [] for k, v in curves.items()}
     losses = trainer.losses_
     tail = max(1, len(losses) // 10)
     counts: dict[str, dict[str, int]] = {}
@@ -362,10 +372,13 @@ def train_clicks(
         "train_seconds": round(trainer.seconds_, 1),
         "loss_first_10pct": round(float(np.nanmean([x["loss"] for x in losses[:tail]])), 4),
         "loss_last_10pct": round(float(np.nanmean([x["loss"] for x in losses[-tail:]])), 4),
-        "val_dice_vs_clicks": {"stock+logits": val_stock, "trained": val_trained},
+        "val_structures": len(curves["trained"]),
+        "val_dice_vs_clicks": mean,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     info = save_click_weights(trainer.decoder_, out, meta)
-    return ClickTrainReport(out, info, val_stock, val_trained)
+    return ClickTrainReport(
+        out, info, mean["stock+logits"], mean["trained"], mean["trained:stock-box"]
+    )

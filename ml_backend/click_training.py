@@ -6,8 +6,10 @@ fine-tunes a copy of the prompt encoder + mask decoder on **frozen, cached** ima
 (the image encoder never runs during training, which keeps it CPU-feasible) with simulated
 interaction, the SAM / CVPR 2025 recipe:
 
-1. an *episode* per training structure starts from a jittered box of its mask; the frozen
-   stock decoder answers it (that is what the shipped predictor answers to a box alone);
+1. an *episode* per training structure starts from a jittered box of its mask, answered by
+   the decoder being trained (``start="student"``, what the click-aware predictor answers to
+   a box alone by default, so the first click corrects the mask the volunteer really sees)
+   or by the frozen stock decoder (``start="stock"``, what ``litemedsam`` answers);
 2. each later *round* adds one click at the deepest point of the largest error region of the
    previous answer (:func:`next_click`: positive on a missed part, negative on a false one),
    and feeds the previous answer's logits back as ``mask_input``; every click so far is
@@ -193,9 +195,10 @@ class _Episode:
 class ClickDecoderTrainer:
     """Fine-tune a copy of LiteMedSAM's prompt encoder + mask decoder for clicks.
 
-    Steps (module docstring): episodes of a jittered box answered by the frozen stock
-    decoder, then up to ``rounds`` clicks at the largest error with the previous logits fed
-    back; one round per structure per step; box-only rounds with distillation in the mix.
+    Steps (module docstring): episodes of a jittered box answered by the trained or the
+    frozen stock decoder (``start``), then up to ``rounds`` clicks at the largest error with
+    the previous logits fed back; one round per structure per step; box-only rounds with
+    distillation in the mix.
 
     Args (hyperparameters):
         steps: optimisation steps.
@@ -210,6 +213,9 @@ class ClickDecoderTrainer:
         iou_weight: weight of the IoU head's squared error.
         box_jitter: each box edge moves by up to this fraction of the box side ...
         box_jitter_px: ... and at most this many model-input pixels (1 px = longest side/256).
+        start: ``"student"``: an episode's box is answered by the decoder being trained (no
+            gradient), ``"stock"``: by the frozen stock decoder. The distillation target is
+            the stock answer either way.
         seed: seeds NumPy (order, jitter, box-only draws) and PyTorch.
         checkpoint: if set, ``{"decoder", "optimizer", "step"}`` is written there every
             ``checkpoint_every`` steps (and at the end).
@@ -234,6 +240,7 @@ class ClickDecoderTrainer:
         iou_weight: float = 1.0,
         box_jitter: float = 0.1,
         box_jitter_px: float = 5.0,
+        start: str = "stock",
         seed: int = 0,
         checkpoint: Path | None = None,
         checkpoint_every: int = 50,
@@ -242,6 +249,8 @@ class ClickDecoderTrainer:
             raise ValueError("steps, batch_size and rounds must be >= 1")
         if not 0.0 <= box_only_rate <= 1.0:
             raise ValueError(f"box_only_rate must be in [0, 1], got {box_only_rate}")
+        if start not in ("student", "stock"):
+            raise ValueError(f"start must be 'student' or 'stock', got {start!r}")
         self.steps = steps
         self.batch_size = batch_size
         self.lr = lr
@@ -252,6 +261,7 @@ class ClickDecoderTrainer:
         self.iou_weight = iou_weight
         self.box_jitter = box_jitter
         self.box_jitter_px = box_jitter_px
+        self.start = start
         self.seed = seed
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
@@ -333,7 +343,9 @@ class ClickDecoderTrainer:
                 if episodes[i] is None or episodes[i].done  # type: ignore[union-attr]
             ]
             if fresh:
-                self._start_episodes(teacher, embeddings, owner, boxes, fresh, episodes, rng)
+                self._start_episodes(
+                    teacher, student, embeddings, owner, boxes, fresh, episodes, rng
+                )
             box_only = [i for i in batch if rng.random() < self.box_only_rate]
             clicked = []
             for i in batch:
@@ -377,6 +389,7 @@ class ClickDecoderTrainer:
     def _start_episodes(
         self,
         teacher: Any,
+        student: Any,
         embeddings: np.ndarray,
         image_of: np.ndarray,
         boxes: list[np.ndarray],
@@ -384,7 +397,8 @@ class ClickDecoderTrainer:
         episodes: list[_Episode | None],
         rng: np.random.Generator,
     ) -> None:
-        """New jittered boxes for ``fresh`` structures, answered by the frozen stock decoder."""
+        """New jittered boxes for ``fresh`` structures: the stock answer (distillation target)
+        and the answer the first click corrects (the student's or the stock's, ``start``)."""
         jittered = [
             _jitter_box(boxes[i], rng, self.box_jitter, self.box_jitter_px, float(MODEL_SIZE))
             for i in fresh
@@ -393,9 +407,13 @@ class ClickDecoderTrainer:
             emb = torch.from_numpy(np.stack([embeddings[image_of[i]][0] for i in fresh])).float()
             box_t = torch.from_numpy(np.stack(jittered)[:, None, :])
             logits, _ = _decode(teacher, emb, box_t, None, None, None)
+            own = logits
+            if self.start == "student":
+                own, _ = _decode(student, emb, box_t, None, None, None)
         for j, i in enumerate(fresh):
             stock = logits[j, 0].numpy().copy()
-            episodes[i] = _Episode(box=jittered[j], stock_logits=stock, logits=stock)
+            first = stock if self.start == "stock" else own[j, 0].numpy().copy()
+            episodes[i] = _Episode(box=jittered[j], stock_logits=stock, logits=first)
 
     def _step(
         self,

@@ -119,6 +119,35 @@ def test_a_tiny_seeded_run_changes_the_decoder_and_lowers_the_loss(
         assert torch.equal(value, short.decoder_.state_dict()[key]), key
 
 
+def test_episodes_start_from_the_trained_decoders_box_answer_or_the_stocks(
+    tiny_set: Any, lite: LiteMedSAMPredictor
+) -> None:
+    _, structures, embeddings, sizes, targets, _ = tiny_set
+    image_of = [s.image for s in structures]
+    with pytest.raises(ValueError, match="start"):
+        ClickDecoderTrainer(start="teacher")
+
+    def run(start: str) -> dict[str, torch.Tensor]:
+        # rounds=1: each episode ends after its click, so the second step starts new episodes
+        # from a box answered by the once-updated student ("student") or the stock ("stock")
+        trainer = ClickDecoderTrainer(
+            steps=2, batch_size=len(targets), lr=1e-3, rounds=1, box_only_rate=0.0,
+            start=start, seed=3,
+        )  # fmt: skip
+        trainer.fit(lite.prompt_decoder, embeddings, targets, image_of, sizes)
+        assert trainer.decoder_ is not None
+        return trainer.decoder_.state_dict()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        student, stock = run("student"), run("stock")
+    finally:
+        torch.set_num_threads(threads)
+    differ = [k for k in student if not torch.equal(student[k], stock[k])]
+    assert differ, "the second step's first answers came from the same decoder"
+
+
 def test_the_shipped_weights_match_their_json() -> None:
     meta = json.loads(CLICK_WEIGHTS.with_suffix(".json").read_text())
     assert meta["file"] == CLICK_WEIGHTS.name
