@@ -117,6 +117,22 @@ def evaluate_command(
         float, typer.Option(help="--steps-rule scaled: passes over the training pairs, at least.")
     ] = 20.0,
     channels: Annotated[str, typer.Option(help="U-Net channels per level.")] = "16,32,64,128",
+    lr: Annotated[
+        float,
+        typer.Option(
+            help="Adam learning rate of every arm's U-Net. 1e-3 suits lungs; sparse, "
+            "low-contrast structures (BU-BIL cells, 1-7 % foreground) needed 1e-2 to leave "
+            "the all-background plateau in 600 steps (docs/evaluation.md)."
+        ),
+    ] = 1e-3,
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="CPU only: PyTorch intra-op threads (and the assist's ONNX Runtime threads), "
+            "set before any network is built; 0 = torch's default (all cores). On shared "
+            "cores 2 threads made a U-Net step 8x slower than 1. A CUDA device is untouched."
+        ),
+    ] = 1,
     synth_steps: Annotated[int, typer.Option(help="pix2pix training steps.")] = 1500,
     synth_count: Annotated[int, typer.Option(help="Synthetic pairs; 0 = as many as (b).")] = 0,
     synth_ngf: Annotated[int, typer.Option(help="pix2pix generator/discriminator width.")] = 32,
@@ -187,6 +203,8 @@ def evaluate_command(
         steps_rule=steps_rule,
         epochs_min=epochs_min,
         channels=_ints(channels, "--channels"),
+        lr=lr,
+        threads=threads,
         crowd_source=crowd_source,
         crowd_models=tuple(m.strip() for m in crowd_models.split(",")) if crowd_models else None,
         raters_per_task=raters_per_task,

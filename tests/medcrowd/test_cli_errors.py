@@ -107,7 +107,11 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     "train segmenter": [(["{missing}"], "is not a folder")],
     "train sqa": [(["{missing}"], "is not a folder")],
     "train clicks": [(["--data", "{missing}"], "not found"), (["--steps", "0"], "must be >= 1")],
-    "evaluate": [(["{missing}"], "is not a folder")],
+    "evaluate": [
+        (["{missing}"], "is not a folder"),
+        (["{empty}", "--lr", "0"], "--lr must be > 0"),
+        (["{empty}", "--threads", "-1"], "--threads must be >= 0"),
+    ],
     "propagate": [
         (["{missing}", "--box", "1,1,5,5", "--index", "0"], "does not exist"),
         (["{empty}", "--box", "1,1,5,5", "--index", "0"], "holds no png/jpeg/tiff slices"),
