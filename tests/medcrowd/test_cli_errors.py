@@ -106,7 +106,11 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     "export": [(["{missing}", "--out", "{empty}/export"], "is not a folder")],
     "train segmenter": [(["{missing}"], "is not a folder")],
     "train sqa": [(["{missing}"], "is not a folder")],
-    "train clicks": [(["--data", "{missing}"], "not found"), (["--steps", "0"], "must be >= 1")],
+    "train clicks": [
+        (["--data", "{missing}"], "not found"),
+        (["--steps", "0"], "must be >= 1"),
+        (["--start", "sideways"], "must be 'student' or 'stock'"),
+    ],
     "evaluate": [
         (["{missing}"], "is not a folder"),
         (["{empty}", "--lr", "0"], "--lr must be > 0"),
