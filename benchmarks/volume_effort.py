@@ -9,10 +9,11 @@ workflows:
 
 * **manual**: every spleen slice outlined from scratch (the cheaper of polygon and paint).
 * **box per slice** (medcrowd without propagation): on every spleen slice a tight box, the
-  model's mask, then ``--clicks`` refinement clicks at most (each at the largest error,
-  ``ml_backend.click_training.next_click``, ``--click-s`` seconds + the model wait; a click
-  that does not raise Dice is undone, its time still spent), then brush fixes to the
-  target — or reject and outline manually, whichever is cheaper.
+  model's mask, then brush fixes to the target; with ``--clicks N``, up to N refinement
+  clicks first (each at the largest error, ``ml_backend.click_training.next_click``,
+  ``--click-s`` seconds + the model wait; a click that does not raise Dice is undone, its
+  time still spent) where clicking + brushing is cheaper than brushing alone; or reject and
+  outline manually, whichever is cheapest (:func:`medcrowd.effort.assisted_correct`).
 * **propagation** (the backend's webhook): a box + fixes on the middle spleen slice as
   above; then, walking up and down, each next slice gets the proposal propagated from the
   previous slice's *corrected* mask (:class:`ml_backend.propagation.Propagator`, seeded by
