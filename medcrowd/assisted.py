@@ -145,6 +145,15 @@ class AssistedLabels:
     assist: list[BoolArray] = field(default_factory=list)
     assist_seconds: list[float] = field(default_factory=list)
 
+    def extend(self, more: AssistedLabels) -> None:
+        """Append the labels of the images that follow (a pool labelled in parts)."""
+        self.votes += more.votes
+        self.annotators += more.annotators
+        self.seconds += more.seconds
+        self.raw_dice += more.raw_dice
+        self.assist += more.assist
+        self.assist_seconds += more.assist_seconds
+
 
 class _Predictor(Protocol):
     """The two calls of :class:`ml_backend.predictors.BoxPredictor` used here."""
@@ -271,6 +280,7 @@ def label_pool(
     seeds: Sequence[int] = (0,),
     cost: CostModel | None = None,
     progress: Callable[[int, int], None] | None = None,
+    first_index: int = 0,
 ) -> dict[int, AssistedLabels]:
     """Label every image with ``raters_per_task`` volunteers of ``crowd`` (per seed) and with
     the assist alone, through ``predictor``.
@@ -286,6 +296,9 @@ def label_pool(
         seeds: one set of labels per seed.
         cost: the effort model's prices (default :class:`~medcrowd.effort.CostModel`).
         progress: ``progress(done, total)`` in images.
+        first_index: the pool index of ``images[0]``. Randomness is seeded per (seed, pool
+            index, volunteer slot), so a pool labelled in parts (``first_index`` = where each
+            part starts) gets the labels it gets in one call.
 
     Returns:
         ``{seed: AssistedLabels}``, images in input order.
@@ -299,7 +312,7 @@ def label_pool(
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
     cost = cost or CostModel()
     out = {int(s): AssistedLabels() for s in seeds}
-    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True), start=first_index):
         expert = np.asarray(mask) != 0
         predictor.set_image(np.asarray(image))
         for seed, labels in out.items():
@@ -323,7 +336,7 @@ def label_pool(
             labels.assist.append(alone)
             labels.assist_seconds.append(float(seconds))
         if progress is not None:
-            progress(i + 1, len(images))
+            progress(i + 1 - first_index, len(images))
     return out
 
 

@@ -82,18 +82,26 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from medcrowd.jobs import Jobs
+
+if TYPE_CHECKING:
+    from segmenter.training import StepCounter
+
 __all__ = [
     "ARMS",
+    "DEFAULT_ARMS",
     "STEPS_RULES",
     "EvaluateOptions",
     "EvaluateReport",
@@ -103,6 +111,9 @@ __all__ = [
 ]
 
 ARMS = ("expert", "crowd", "synthetic", "ceiling", "assist")
+DEFAULT_ARMS = ("expert", "crowd", "ceiling", "assist")
+"""The arms a run trains unless told otherwise: (c) is opt-in (``--arms ...,synthetic``), as
+the measured tables found it below (b) in every cell (docs/evaluation.md)."""
 ARM_TITLES = {
     "expert": "(a) expert subset",
     "crowd": "(b) + crowd-fused",
@@ -151,7 +162,7 @@ class EvaluateOptions:
     """``"scaled"``: passes over the training pairs a network gets at least."""
     batch_size: int = 8
     lr: float = 1e-3
-    channels: tuple[int, ...] = (16, 32, 64, 128)
+    channels: tuple[int, ...] = (8, 16, 32, 64)
     res_units: int = 1
     crowd_source: str = "assisted"
     """``"assisted"`` or ``"simulated"`` (:data:`CROWD_SOURCES`)."""
@@ -173,13 +184,16 @@ class EvaluateOptions:
     """Invert the ``test`` folder's masks; None → as ``invert_masks``."""
     mask_threshold: int | None = None
     """Masks ``>= mask_threshold`` are foreground (``data`` and ``test``); None → any > 0."""
-    arms: tuple[str, ...] = ARMS
+    arms: tuple[str, ...] = DEFAULT_ARMS
     device: str = "auto"
     threads: int = 1
     """CPU only: PyTorch intra-op threads of this process (and ONNX Runtime's for the assist),
     set by :func:`ml_backend.device.configure_threads` before any network is built; 0 → leave
     torch's default (all cores). On CUDA nothing is changed. 1 is the default because on
     shared cores 2 threads made a U-Net step 8 × slower (docs/evaluation.md)."""
+    jobs: int = 1
+    """Processes that label the pool and train the networks side by side, each with
+    ``threads`` threads (:class:`medcrowd.jobs.Jobs`); the numbers do not depend on it."""
 
     @property
     def crowd_pool(self) -> tuple[str, ...]:
@@ -219,6 +233,8 @@ class EvaluateOptions:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
         if self.threads < 0:
             raise ValueError(f"--threads must be >= 0 (0 = torch's default), got {self.threads}")
+        if not 1 <= self.jobs <= MAX_JOBS:
+            raise ValueError(f"--jobs must be in 1..{MAX_JOBS}, got {self.jobs}")
         if self.mask_threshold is not None and not 1 <= self.mask_threshold <= 255:
             raise ValueError(f"--mask-threshold must be in 1..255, got {self.mask_threshold}")
         if not 0 < self.test_fraction < 1:
@@ -299,6 +315,10 @@ class _Set:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def plain(self) -> _Set:
+        """Without the native-resolution pairs (what a job is sent)."""
+        return _Set(self.names, self.images, self.masks)
 
 
 def _concat(*parts: _Set) -> _Set:
@@ -436,35 +456,44 @@ def simulate_fused(
 
 
 # -- the assisted crowd --------------------------------------------------------------------
+MAX_JOBS = 64
+"""Most worker processes ``--jobs`` takes."""
+
 ASSIST_UNITS = 10
 """Progress-bar steps one pool image's assisted labelling counts for (all seeds)."""
 
 
 def _assisted_labels(
-    pool: _Set, options: EvaluateOptions, device: str, progress: Progress
+    pool: _Set, options: EvaluateOptions, device: str, steps: StepCounter, jobs: Jobs
 ) -> dict[int, Any]:
     """Every seed's assisted-crowd and assist-alone labels of ``pool``
     (:func:`medcrowd.assisted.label_pool` at the images' own resolution, one LiteMedSAM
-    encoder pass per image), then resized to ``options.size`` as the pool's masks are."""
-    from medcrowd.assisted import label_pool
-    from ml_backend.predictors import get_predictor
+    encoder pass per image), then resized to ``options.size`` as the pool's masks are.
+
+    With several ``jobs`` the pool is cut into one contiguous part per job, each labelled
+    by its own LiteMedSAM in a worker; the labels are those of one call (per-index seeds)."""
+    from medcrowd.assisted import DEFAULT_ASSISTED_CROWD
     from segmenter.data import resize_pair
 
     if pool.raw is None:  # pragma: no cover - every pool comes from _load
         raise ValueError("the pool has no native-resolution pairs")
-    predictor = get_predictor("litemedsam", device=device, backend=options.assist_backend)
-    from medcrowd.assisted import DEFAULT_ASSISTED_CROWD
-
     crowd: Sequence[str] = DEFAULT_ASSISTED_CROWD
     if options.crowd_source == "assisted" and options.crowd_pool is not None:
         crowd = options.crowd_pool
     images = [im for im, _ in pool.raw]
     masks = [m for _, m in pool.raw]
     raters = min(options.raters_per_task, len(crowd))
-    labels = label_pool(
-        images, masks, predictor, crowd=crowd, raters_per_task=raters, seeds=options.seeds,
-        progress=lambda done, _total: progress(done * ASSIST_UNITS, 0),
-    )  # fmt: skip
+    cuts = np.linspace(0, len(images), min(jobs.jobs, len(images)) + 1).round().astype(int)
+    futures = []
+    for a, b in itertools.pairwise(cuts.tolist()):
+        part = (images[a:b], masks[a:b], a, tuple(crowd), raters, tuple(options.seeds))
+        futures.append(
+            jobs.submit(_label_part, *part, device, options.assist_backend, progress=steps.part())
+        )
+    labels: dict[int, Any] = futures[0].result()
+    for future in futures[1:]:
+        for seed, more in future.result().items():
+            labels[seed].extend(more)
     size = options.size
     for lab in labels.values():
         lab.votes = [
@@ -476,6 +505,28 @@ def _assisted_labels(
             for im, a in zip(images, lab.assist, strict=True)
         ]
     return labels
+
+
+def _label_part(
+    images: list[np.ndarray],
+    masks: list[np.ndarray],
+    first_index: int,
+    crowd: tuple[str, ...],
+    raters: int,
+    seeds: tuple[int, ...],
+    device: str,
+    backend: str,
+    progress: Progress,
+) -> dict[int, Any]:
+    """Label pool images ``first_index`` … with this process's LiteMedSAM (a job)."""
+    from medcrowd.assisted import label_pool
+    from ml_backend.predictors import get_predictor
+
+    predictor = get_predictor("litemedsam", device=device, backend=backend)
+    return label_pool(
+        images, masks, predictor, crowd=crowd, raters_per_task=raters, seeds=seeds,
+        progress=lambda done, _total: progress(done * ASSIST_UNITS, 0), first_index=first_index,
+    )  # fmt: skip
 
 
 def _fuse_assisted(
@@ -635,79 +686,123 @@ def evaluate(
     # the assisted labelling counts ASSIST_UNITS steps per pool image in the progress bar
     label_units = ASSIST_UNITS * len(pool) if need_assist else 0
     steps = StepCounter(len(options.seeds) * per_seed + label_units, progress)
-    rows: list[dict[str, Any]] = []
     crowd_reports: dict[str, Any] = {}
     labels: dict[int, Any] = {}
-    if need_assist:
-        log({"stage": f"labelling the pool through the assist ({len(pool)} images)"})
-        labels = _assisted_labels(pool, options, device, steps.part())
-    for seed in options.seeds:
-        seed_dir = out / f"seed-{seed}"
-        rng = np.random.default_rng(seed)
-        # one draw of the largest count: the subsets of the smaller counts are its prefixes
-        drawn = rng.choice(len(pool), max(counts), replace=False).tolist()
-        sets: dict[str, _Set] = {"ceiling": pool}
-        hours: dict[str, float | None] = {"ceiling": 0.0}
-        for n in counts:
-            tag = f" (expert {n})" if multi else ""
-            expert_idx = sorted(drawn[:n])
-            rest_idx = [i for i in range(len(pool)) if i not in expert_idx]
-            expert = pool.take(expert_idx)
-            sets[_key("expert", n, multi)] = expert
-            hours[_key("expert", n, multi)] = 0.0
-            if "assist" in options.arms:
-                sets[_key("assist", n, multi)] = _concat(
-                    expert, _assist_part(pool, labels[seed], rest_idx)
-                )
-                hours[_key("assist", n, multi)] = (
-                    sum(labels[seed].assist_seconds[i] for i in rest_idx) / 3600.0
-                )
-            if not need_crowd:
+    test_plain = test_set.plain()
+    done_rows: dict[tuple[int, str], dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
+    # futures still running in a worker: a network (its row) or a pix2pix (then arm (c))
+    pending: dict[Future[Any], tuple[str, int, str, _Set | None]] = {}
+    hours: dict[tuple[int, str], float | None] = {}
+    titles = {key: _title(arm, count, multi) for key, arm, count in plan}
+    plan_order = {key: i for i, (key, _, _) in enumerate(plan)}
+
+    def train(seed: int, key: str, data: _Set) -> None:
+        _write_pairs(out / f"seed-{seed}" / key, data)
+        log({"stage": f"seed {seed}: training on {titles[key]}"})
+        future = jobs.submit(
+            _train_and_score, key, seed, data.plain(), test_plain, options, device,
+            progress=steps.part(),
+        )  # fmt: skip
+        pending[future] = ("network", seed, key, None)
+        collect(wait_for_one=False)
+
+    def collect(wait_for_one: bool) -> None:
+        if wait_for_one:
+            wait(list(pending), return_when=FIRST_COMPLETED)
+        for future in [f for f in pending if f.done()]:
+            kind, seed, key, base = pending.pop(future)
+            if kind == "pix2pix":
+                assert base is not None
+                train(seed, key, _concat(base, future.result()))
                 continue
-            if crowd_set is not None:
-                crowd_part = crowd_set
-            elif assisted:
-                log({"stage": f"seed {seed}: fusing the assisted crowd{tag}"})
-                crowd_part, report = _fuse_assisted(pool, labels[seed], expert_idx, rest_idx)
-                crowd_reports[f"{seed}-{n}" if multi else str(seed)] = report
-            else:
-                log({"stage": f"seed {seed}: simulating and fusing the crowd{tag}"})
-                order = expert_idx + rest_idx  # gold first
-                fused, report = simulate_fused(
-                    pool.masks[order],
-                    gold=range(len(expert_idx)),
-                    models=options.crowd_pool,
-                    raters_per_task=options.raters_per_task,
-                    seed=seed,
-                )
-                crowd_reports[f"{seed}-{n}" if multi else str(seed)] = report
-                rest = pool.take(rest_idx)
-                crowd_part = _Set(
-                    [f"crowd-{name}" for name in rest.names], rest.images, fused[len(expert_idx) :]
-                )
-            base = _concat(expert, crowd_part)
-            sets[_key("crowd", n, multi)] = base
-            hours[_key("crowd", n, multi)] = (
-                sum(sum(s) for s in labels[seed].seconds) / 3600.0 if assisted else None
-            )
-            if "synthetic" in options.arms:
-                if synth_given is not None:
-                    synth = synth_given
-                else:
-                    log({"stage": f"seed {seed}: training pix2pix{tag}"})
-                    synth = _synthesise(base, options, seed, device, steps.part())
-                sets[_key("synthetic", n, multi)] = _concat(base, synth)
-                hours[_key("synthetic", n, multi)] = hours[_key("crowd", n, multi)]
-        for key, arm, count in plan:
-            _write_pairs(seed_dir / key, sets[key])
-            stage = f"seed {seed}: training on {_title(arm, count, multi)}"
-            log({"stage": stage})
-            row = _train_and_score(key, seed, sets[key], test_set, options, device, steps.part())
-            volunteer_h = hours.get(key)
+            row = future.result()
+            volunteer_h = hours.get((seed, key))
             row["volunteer_h"] = round(volunteer_h, 4) if volunteer_h is not None else None
-            log({"stage": stage, "row": row})
-            rows.append(row)
+            log({"stage": f"seed {seed}: training on {titles[key]}", "row": row})
+            done_rows[(seed, key)] = row
+            rows[:] = [
+                done_rows[k]
+                for k in sorted(done_rows, key=lambda k: (seed_order[k[0]], plan_order[k[1]]))
+            ]
             _write_rows(out / "results.csv", rows)
+
+    seed_order = {seed: i for i, seed in enumerate(options.seeds)}
+    with Jobs(options.jobs, threads=options.threads, device=device) as jobs:
+        if need_assist:
+            log({"stage": f"labelling the pool through the assist ({len(pool)} images)"})
+            labels = _assisted_labels(pool, options, device, steps, jobs)
+        for seed in options.seeds:
+            rng = np.random.default_rng(seed)
+            # one draw of the largest count: the subsets of the smaller counts are its prefixes
+            drawn = rng.choice(len(pool), max(counts), replace=False).tolist()
+            sets: dict[str, _Set] = {"ceiling": pool}
+            hours[(seed, "ceiling")] = 0.0
+            waiting: set[str] = set()
+            for n in counts:
+                tag = f" (expert {n})" if multi else ""
+                expert_idx = sorted(drawn[:n])
+                rest_idx = [i for i in range(len(pool)) if i not in expert_idx]
+                expert = pool.take(expert_idx)
+                sets[_key("expert", n, multi)] = expert
+                hours[(seed, _key("expert", n, multi))] = 0.0
+                if "assist" in options.arms:
+                    sets[_key("assist", n, multi)] = _concat(
+                        expert, _assist_part(pool, labels[seed], rest_idx)
+                    )
+                    hours[(seed, _key("assist", n, multi))] = (
+                        sum(labels[seed].assist_seconds[i] for i in rest_idx) / 3600.0
+                    )
+                if not need_crowd:
+                    continue
+                if crowd_set is not None:
+                    crowd_part = crowd_set
+                elif assisted:
+                    log({"stage": f"seed {seed}: fusing the assisted crowd{tag}"})
+                    crowd_part, report = _fuse_assisted(pool, labels[seed], expert_idx, rest_idx)
+                    crowd_reports[f"{seed}-{n}" if multi else str(seed)] = report
+                else:
+                    log({"stage": f"seed {seed}: simulating and fusing the crowd{tag}"})
+                    order = expert_idx + rest_idx  # gold first
+                    fused, report = simulate_fused(
+                        pool.masks[order],
+                        gold=range(len(expert_idx)),
+                        models=options.crowd_pool,
+                        raters_per_task=options.raters_per_task,
+                        seed=seed,
+                    )
+                    crowd_reports[f"{seed}-{n}" if multi else str(seed)] = report
+                    rest = pool.take(rest_idx)
+                    crowd_part = _Set(
+                        [f"crowd-{name}" for name in rest.names],
+                        rest.images,
+                        fused[len(expert_idx) :],
+                    )
+                base = _concat(expert, crowd_part)
+                sets[_key("crowd", n, multi)] = base
+                hours[(seed, _key("crowd", n, multi))] = (
+                    sum(sum(s) for s in labels[seed].seconds) / 3600.0 if assisted else None
+                )
+                if "synthetic" in options.arms:
+                    key = _key("synthetic", n, multi)
+                    hours[(seed, key)] = hours[(seed, _key("crowd", n, multi))]
+                    if synth_given is not None:
+                        sets[key] = _concat(base, synth_given)
+                        continue
+                    log({"stage": f"seed {seed}: training pix2pix{tag}"})
+                    future = jobs.submit(
+                        _synthesise, base, options, seed, device, progress=steps.part()
+                    )
+                    if future.done():  # inline: (c) trains in its place in the plan
+                        sets[key] = _concat(base, future.result())
+                    else:  # in a worker: (c) is queued when its pix2pix is done
+                        pending[future] = ("pix2pix", seed, key, base)
+                        waiting.add(key)
+            for key, _arm, _count in plan:
+                if key not in waiting:
+                    train(seed, key, sets[key])
+        while pending:
+            collect(wait_for_one=True)
 
     summary = _summarise(rows, plan, multi)
     summary.update(

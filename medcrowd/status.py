@@ -9,11 +9,9 @@ from typing import Any
 import numpy as np
 
 from medcrowd.studio import Studio, Task
+from ml_backend.labeling import PROPAGATED_PREFIX
 
-__all__ = ["PROPOSAL_PREFIX", "project_status", "proposal_review"]
-
-PROPOSAL_PREFIX = "propagated-"
-"""``model_version`` prefix of the backend's slice proposals (``ml_backend.engine``)."""
+__all__ = ["project_status", "proposal_review"]
 
 
 def project_status(studio: Studio, project_id: int) -> dict[str, Any]:
@@ -87,7 +85,7 @@ def proposal_review(
         [{"id", "accepted", "dice"}]}]}`` (``dice`` None: the annotation's RLE is unreadable).
     """
     from fusion.metrics import dice
-    from medcrowd.sync import brush_mask
+    from medcrowd.sync import brush_mask, result_size
 
     rows: list[dict[str, Any]] = []
     reviewed: list[dict[str, Any]] = []
@@ -96,19 +94,15 @@ def proposal_review(
         if not isinstance(meta, dict) or "index" not in meta:
             continue
         proposals = [
-            p for p in studio.predictions(task.id) if p.model_version.startswith(PROPOSAL_PREFIX)
+            p for p in studio.predictions(task.id) if p.model_version.startswith(PROPAGATED_PREFIX)
         ]
         if not proposals:
             continue
         latest = max(proposals, key=lambda p: p.id)
-        sizes = [
-            (int(r["original_height"]), int(r["original_width"]))
-            for r in latest.result
-            if isinstance(r, dict) and r.get("original_height") and r.get("original_width")
-        ]
-        if not sizes:
+        size = result_size(latest.result)
+        if size is None:
             continue
-        height, width = sizes[0]
+        height, width = size
         try:
             proposal = brush_mask(latest.result, height, width)
         except ValueError:  # malformed RLE: not ours to judge

@@ -28,7 +28,7 @@ from medcrowd.studio import LabelStudioUnavailable, Prediction, Studio
 from ml_backend.labeling import HINT_CONTROL, brush_result
 from ml_backend.rle import rle_to_mask
 
-__all__ = ["PullReport", "PushReport", "brush_mask", "load_fused", "pull", "push"]
+__all__ = ["PullReport", "PushReport", "brush_mask", "load_fused", "pull", "push", "result_size"]
 
 
 @dataclass
@@ -70,6 +70,19 @@ def brush_mask(results: list[dict[str, Any]], height: int, width: int) -> np.nda
         part = rle_to_mask(value["rle"], h, w)
         mask = part if mask is None else (mask | part)
     return mask
+
+
+def result_size(results: list[dict[str, Any]]) -> tuple[int, int] | None:
+    """``(height, width)`` of the image an annotation's (or prediction's) result is drawn on:
+    the first region stating ``original_height`` and ``original_width``; None if none does."""
+    for region in results:
+        if (
+            isinstance(region, dict)
+            and region.get("original_height")
+            and region.get("original_width")
+        ):
+            return int(region["original_height"]), int(region["original_width"])
+    return None
 
 
 def pull(
@@ -134,12 +147,7 @@ def _pull(
         for ann in todo:
             annotator, email = _annotator(ann.get("completed_by"))
             results = ann.get("result") or []
-            sizes = [
-                (int(r["original_height"]), int(r["original_width"]))
-                for r in results
-                if r.get("original_height") and r.get("original_width")
-            ]
-            h, w = (height, width) if height else (sizes[0] if sizes else (0, 0))
+            h, w = (height, width) if height else (result_size(results) or (0, 0))
             try:
                 mask = brush_mask(results, h, w) if h else None
             except ValueError:

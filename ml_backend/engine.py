@@ -40,6 +40,7 @@ from ml_backend.errors import InvalidInput
 from ml_backend.images import ImageFetcher, label_studio_auth_header
 from ml_backend.labeling import (
     HINT_CONTROL,
+    PROPAGATED_PREFIX,
     LabelingConfig,
     Prompt,
     brush_result,
@@ -62,9 +63,6 @@ T = TypeVar("T")
 
 MAX_WARM_PENDING = 4096
 """Most webhook embedding jobs waiting at once; further images are skipped (logged)."""
-
-PROPAGATED_PREFIX = "propagated-"
-"""Model-version prefix of the proposals stored on a volume's neighbouring slices."""
 
 
 class ModelQueue:

@@ -20,6 +20,7 @@ from ml_backend.errors import InvalidInput
 from ml_backend.rle import mask_to_rle
 
 __all__ = [
+    "PROPAGATED_PREFIX",
     "BoxPrompt",
     "LabelingConfig",
     "Prompt",
@@ -28,6 +29,10 @@ __all__ = [
     "parse_label_config",
     "prompt_from_context",
 ]
+
+PROPAGATED_PREFIX = "propagated-"
+"""``model_version`` prefix of the proposals the backend stores on a volume's neighbouring
+slices (``medcrowd status`` finds them by it)."""
 
 
 @dataclass(frozen=True)

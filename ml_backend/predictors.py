@@ -942,12 +942,6 @@ class LiteMedSAMClicksPredictor(LiteMedSAMPredictor):
             self.click_decoder, self.device, embedding, box, points, labels, mask_input
         )
 
-    def _run_click_box(
-        self, embedding: np.ndarray, box_input: np.ndarray, backend: str
-    ) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
-        """The click decoder on a box alone (model-input pixels), on ``backend``."""
-        return self._run_click(embedding, box_input, None, None, None, backend)
-
     def _decode(self, entry: CachedEmbedding, box: np.ndarray) -> tuple[np.ndarray, float]:
         if self.box_only_decoder == "stock":
             return super()._decode(entry, box)

@@ -44,18 +44,23 @@ Progress = Callable[[int, int], None]
 class StepCounter:
     """One ``progress(done, total)`` over a whole run made of several training calls.
 
-    ``part()`` gives the callback for the next call (a ``fit``): its ``done`` counts on from
-    where the previous part stopped, and the total reported is the run's, capped at it.
+    ``part()`` gives the callback for the next call (a ``fit``); the run's ``done`` is the sum
+    of every part's own ``done``, so parts may also run side by side (one thread at a time
+    calls a tick: :class:`medcrowd.jobs.Jobs` relays the ticks of its workers through one
+    thread). The total reported is the run's, and ``done`` is capped at it.
     """
 
     def __init__(self, total: int, progress: Progress | None) -> None:
         self.total, self.done, self.progress = total, 0, progress
+        self._parts: list[int] = []
 
     def part(self) -> Progress:
-        start = self.done
+        index = len(self._parts)
+        self._parts.append(0)
 
         def tick(done: int, _total: int) -> None:
-            self.done = start + done
+            self.done += done - self._parts[index]
+            self._parts[index] = done
             if self.progress is not None:
                 self.progress(min(self.done, self.total), self.total)
 

@@ -21,10 +21,9 @@ from medcrowd.imaging import read_volume
 from medcrowd.importer import ImportOptions, import_path
 from medcrowd.propagate import propagate_to_folder
 from medcrowd.settings import config_path
-from medcrowd.status import PROPOSAL_PREFIX, project_status
+from medcrowd.status import project_status
 from medcrowd.studio import Studio
-from ml_backend.engine import PROPAGATED_PREFIX
-from ml_backend.labeling import brush_result
+from ml_backend.labeling import PROPAGATED_PREFIX, brush_result
 from ml_backend.rle import rle_to_mask
 from tests.helpers import BackendHandle, StudioHandle, tight_box
 
@@ -97,13 +96,13 @@ def test_a_submitted_slice_is_proposed_on_its_neighbours(
     # which proposals volunteers kept: one slice submitted untouched, one edited. No new
     # proposals meanwhile (a submit on a proposed slice would propagate from it in the
     # background and replace its neighbours' proposals under the comparison).
-    assert PROPOSAL_PREFIX == PROPAGATED_PREFIX and len(proposed) >= 2
+    assert len(proposed) >= 2
     kept_slices, engine.propagate_slices = engine.propagate_slices, 0
     try:
         z_keep, z_edit = proposed[0], proposed[-1]
         untouched = next(
             p for p in studio.predictions(int(tasks[z_keep].id))
-            if p.model_version.startswith(PROPOSAL_PREFIX)
+            if p.model_version.startswith(PROPAGATED_PREFIX)
         ).result  # fmt: skip
         studio.create_annotation(int(tasks[z_keep].id), untouched)
         studio.create_annotation(int(tasks[z_edit].id), [brush_result(truth[z_edit], "Organ")])

@@ -230,3 +230,35 @@ def test_evaluate_with_the_assisted_crowd(
     # one progress count: the labelling (10 units per pool image), then every network
     assert ticks[-1][0] == ticks[-1][1] == 10 * 10 + 7 * 8
     assert [d for d, _ in ticks] == sorted(d for d, _ in ticks)
+
+
+def test_jobs_give_the_same_numbers(
+    cxr: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """--jobs 2: the pool labelled in two parts by two workers' LiteMedSAMs, pix2pix and the
+    networks trained side by side; every number equals the one-process run's."""
+    data, test = cxr
+    options = dict(
+        expert_count=(2, 3), seeds=(0, 1), size=64, steps=6, steps_rule="fixed",
+        channels=(8, 16, 32), batch_size=4, device="cpu", assist_backend="torch",
+        arms=("expert", "crowd", "synthetic", "assist"), synth_steps=4, synth_ngf=8,
+    )  # fmt: skip
+    runs = {}
+    for jobs in (1, 2):
+        out = tmp_path_factory.mktemp(f"evaluate-jobs{jobs}")
+        ticks: list[int] = []
+        report = evaluate(
+            data, out, EvaluateOptions(jobs=jobs, **options),  # type: ignore[arg-type]
+            test=test, progress=lambda d, _t, ticks=ticks: ticks.append(d),
+        )  # fmt: skip
+        # one count over both workers' labelling, pix2pix and networks, never backwards
+        per_seed = 2 * 4 + 8 * 6  # two pix2pix, eight networks
+        assert ticks == sorted(ticks) and ticks[-1] == 10 * 10 + 2 * per_seed
+        summary = json.loads((out / "summary.json").read_text())
+        runs[jobs] = (report.rows, (out / "results.csv").read_text(), summary)
+    (rows1, csv1, summary1), (rows2, csv2, summary2) = runs[1], runs[2]
+    assert [r["arm"] for r in rows2] == [r["arm"] for r in rows1]  # the plan's order
+    assert rows2 == rows1 and csv2 == csv1
+    assert summary2["assisted_labels"] == summary1["assisted_labels"]
+    assert summary2["crowd_quality"] == summary1["crowd_quality"]
+    assert summary2["options"]["jobs"] == 2

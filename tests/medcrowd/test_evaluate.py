@@ -245,8 +245,9 @@ def test_cli_quick_writes_table(tiny: Path, tmp_path: Path) -> None:
          "--test-fraction", "0.25", "--device", "cpu"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    # the defaults: the assisted crowd (LiteMedSAM on PyTorch under --quick) and arm (e)
-    assert "| (c) + synthetic |" in result.output and "| (e) + assist alone |" in result.output
+    # the defaults: the assisted crowd (LiteMedSAM on PyTorch under --quick) and arm (e); (c)
+    # only when asked for (--arms)
+    assert "| (e) + assist alone |" in result.output and "(c) + synthetic" not in result.output
     assert (tmp_path / "table.md").is_file() and (tmp_path / "chart.png").is_file()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["crowd"] == "assisted" and summary["options"]["assist_backend"] == "torch"

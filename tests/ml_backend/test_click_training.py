@@ -202,11 +202,11 @@ def test_the_click_aware_predictor_answers_the_prompt_api(
     np.testing.assert_array_equal(mask, first.mask)
     assert score == pytest.approx(first.score, abs=1e-6)
     # the box-only answer on ONNX Runtime (if chosen) is the PyTorch click decoder's
-    torch_first = clicks_predictor._run_click_box(
+    torch_first = clicks_predictor._run_click(
         clicks_predictor._current.embedding,  # type: ignore[union-attr]
         np.asarray(box, np.float32) * (256 / max(truth.shape)),
-        "torch",
-    )[0]
+        None, None, None, "torch",
+    )[0]  # fmt: skip
     agree = (np.asarray(torch_first).reshape(256, 256) > 0) == (first.logits > 0)
     assert agree.mean() > 0.999
     stock = lite.predict(box=box)
