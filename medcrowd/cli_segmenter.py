@@ -248,7 +248,9 @@ def evaluate_command(
         except TestFolderError as exc:
             error(exc)
             raise typer.Exit(2) from None
-    console.print(report.table)
+    # the Markdown table as written to table.md: never wrapped (a log or a pipe would
+    # otherwise get it cut at 80 columns) and never read as rich markup
+    console.print(report.table, markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {out / 'table.md'}, {out / 'chart.png'}, {out / 'results.csv'}")
 
 

@@ -688,47 +688,9 @@ def evaluate(
     steps = StepCounter(len(options.seeds) * per_seed + label_units, progress)
     crowd_reports: dict[str, Any] = {}
     labels: dict[int, Any] = {}
-    test_plain = test_set.plain()
-    done_rows: dict[tuple[int, str], dict[str, Any]] = {}
-    rows: list[dict[str, Any]] = []
-    # futures still running in a worker: a network (its row) or a pix2pix (then arm (c))
-    pending: dict[Future[Any], tuple[str, int, str, _Set | None]] = {}
     hours: dict[tuple[int, str], float | None] = {}
-    titles = {key: _title(arm, count, multi) for key, arm, count in plan}
-    plan_order = {key: i for i, (key, _, _) in enumerate(plan)}
-
-    def train(seed: int, key: str, data: _Set) -> None:
-        _write_pairs(out / f"seed-{seed}" / key, data)
-        log({"stage": f"seed {seed}: training on {titles[key]}"})
-        future = jobs.submit(
-            _train_and_score, key, seed, data.plain(), test_plain, options, device,
-            progress=steps.part(),
-        )  # fmt: skip
-        pending[future] = ("network", seed, key, None)
-        collect(wait_for_one=False)
-
-    def collect(wait_for_one: bool) -> None:
-        if wait_for_one:
-            wait(list(pending), return_when=FIRST_COMPLETED)
-        for future in [f for f in pending if f.done()]:
-            kind, seed, key, base = pending.pop(future)
-            if kind == "pix2pix":
-                assert base is not None
-                train(seed, key, _concat(base, future.result()))
-                continue
-            row = future.result()
-            volunteer_h = hours.get((seed, key))
-            row["volunteer_h"] = round(volunteer_h, 4) if volunteer_h is not None else None
-            log({"stage": f"seed {seed}: training on {titles[key]}", "row": row})
-            done_rows[(seed, key)] = row
-            rows[:] = [
-                done_rows[k]
-                for k in sorted(done_rows, key=lambda k: (seed_order[k[0]], plan_order[k[1]]))
-            ]
-            _write_rows(out / "results.csv", rows)
-
-    seed_order = {seed: i for i, seed in enumerate(options.seeds)}
     with Jobs(options.jobs, threads=options.threads, device=device) as jobs:
+        schedule = _Schedule(jobs, out, options, device, steps, test_set.plain(), plan, hours, log)
         if need_assist:
             log({"stage": f"labelling the pool through the assist ({len(pool)} images)"})
             labels = _assisted_labels(pool, options, device, steps, jobs)
@@ -790,19 +752,16 @@ def evaluate(
                         sets[key] = _concat(base, synth_given)
                         continue
                     log({"stage": f"seed {seed}: training pix2pix{tag}"})
-                    future = jobs.submit(
-                        _synthesise, base, options, seed, device, progress=steps.part()
-                    )
-                    if future.done():  # inline: (c) trains in its place in the plan
-                        sets[key] = _concat(base, future.result())
+                    synthetic_set = schedule.pix2pix(seed, key, base)
+                    if synthetic_set is not None:  # inline: (c) trains in its place in the plan
+                        sets[key] = synthetic_set
                     else:  # in a worker: (c) is queued when its pix2pix is done
-                        pending[future] = ("pix2pix", seed, key, base)
                         waiting.add(key)
             for key, _arm, _count in plan:
                 if key not in waiting:
-                    train(seed, key, sets[key])
-        while pending:
-            collect(wait_for_one=True)
+                    schedule.network(seed, key, sets[key])
+        schedule.finish()
+    rows = schedule.rows
 
     summary = _summarise(rows, plan, multi)
     summary.update(
@@ -831,6 +790,87 @@ def evaluate(
     if multi:
         _curve(summary, options, plan, out / "expert_curve.png")
     return EvaluateReport(out=out, rows=rows, summary=summary, table=table)
+
+
+class _Schedule:
+    """The run's networks and pix2pix models, in flight on ``jobs``.
+
+    :meth:`network` writes an arm's training pairs and submits its network; :meth:`pix2pix`
+    submits a pix2pix on (b) and trains arm (c) on (b) + its pairs when it finishes (at once
+    when the jobs run inline). Scored rows are kept in (seed, plan) order, whatever order the
+    workers finish in, and ``results.csv`` is rewritten as each arrives, so a stopped run
+    keeps every row it finished. Each row gets the ``volunteer_h`` of ``hours`` (filled by the
+    caller before the arm is submitted).
+    """
+
+    def __init__(
+        self,
+        jobs: Jobs,
+        out: Path,
+        options: EvaluateOptions,
+        device: str,
+        steps: StepCounter,
+        test: _Set,
+        plan: list[tuple[str, str, int | None]],
+        hours: Mapping[tuple[int, str], float | None],
+        log: Log,
+    ) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self._jobs, self._out, self._options, self._device = jobs, out, options, device
+        self._steps, self._test, self._hours, self._log = steps, test, hours, log
+        multi = len(options.expert_counts) > 1
+        self._titles = {key: _title(arm, count, multi) for key, arm, count in plan}
+        self._order = {
+            (seed, key): (i, j)
+            for i, seed in enumerate(options.seeds)
+            for j, (key, _, _) in enumerate(plan)
+        }
+        self._done: dict[tuple[int, str], dict[str, Any]] = {}
+        # future → (seed, row label, (b) for a pix2pix whose (c) is still to train, else None)
+        self._pending: dict[Future[Any], tuple[int, str, _Set | None]] = {}
+
+    def network(self, seed: int, key: str, data: _Set) -> None:
+        """Train and score the network of row ``key`` on ``data``."""
+        _write_pairs(self._out / f"seed-{seed}" / key, data)
+        self._log({"stage": f"seed {seed}: training on {self._titles[key]}"})
+        future = self._jobs.submit(
+            _train_and_score, key, seed, data.plain(), self._test, self._options, self._device,
+            progress=self._steps.part(),
+        )  # fmt: skip
+        self._pending[future] = (seed, key, None)
+        self._collect(wait_for_one=False)
+
+    def pix2pix(self, seed: int, key: str, base: _Set) -> _Set | None:
+        """pix2pix on (b) ``base``: the (c) set when it ran inline, else ``None`` (then (c),
+        row ``key``, is trained when the worker finishes)."""
+        future = self._jobs.submit(
+            _synthesise, base, self._options, seed, self._device, progress=self._steps.part()
+        )
+        if future.done():
+            return _concat(base, future.result())
+        self._pending[future] = (seed, key, base)
+        return None
+
+    def finish(self) -> None:
+        """Wait for everything submitted (and the (c) networks it starts)."""
+        while self._pending:
+            self._collect(wait_for_one=True)
+
+    def _collect(self, wait_for_one: bool) -> None:
+        if wait_for_one:
+            wait(list(self._pending), return_when=FIRST_COMPLETED)
+        for future in [f for f in self._pending if f.done()]:
+            seed, key, base = self._pending.pop(future)
+            if base is not None:
+                self.network(seed, key, _concat(base, future.result()))
+                continue
+            row = future.result()
+            volunteer_h = self._hours.get((seed, key))
+            row["volunteer_h"] = round(volunteer_h, 4) if volunteer_h is not None else None
+            self._log({"stage": f"seed {seed}: training on {self._titles[key]}", "row": row})
+            self._done[(seed, key)] = row
+            self.rows[:] = [self._done[k] for k in sorted(self._done, key=self._order.__getitem__)]
+            _write_rows(self._out / "results.csv", self.rows)
 
 
 def _key(arm: str, n: int | None, multi: bool) -> str:

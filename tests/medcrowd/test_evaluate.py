@@ -249,6 +249,8 @@ def test_cli_quick_writes_table(tiny: Path, tmp_path: Path) -> None:
     # only when asked for (--arms)
     assert "| (e) + assist alone |" in result.output and "(c) + synthetic" not in result.output
     assert (tmp_path / "table.md").is_file() and (tmp_path / "chart.png").is_file()
+    # the table is printed as table.md holds it: not wrapped at 80 columns in a log
+    assert (tmp_path / "table.md").read_text().strip() in result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["crowd"] == "assisted" and summary["options"]["assist_backend"] == "torch"
     assert summary["arms"]["crowd"]["volunteer_h"] > 0
