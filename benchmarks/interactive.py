@@ -42,6 +42,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _machine import describe  # noqa: E402
 
 from fusion.metrics import dice  # noqa: E402
 from ml_backend.click_training import next_click  # noqa: E402
@@ -240,7 +243,7 @@ def main() -> None:
                       f"{p95:.0f} ms ({args.http_repeats} clicks; goal p95 <= 80 ms)")  # fmt: skip
     print("\nall rows:")
     print_rows(rows, args.clicks, args.markdown)
-    print("timings on a shared 2-core machine under load from other jobs")
+    print(describe())
 
 
 def print_rows(rows: list[Any], clicks: int, markdown: bool) -> None:

@@ -80,6 +80,7 @@ sys.path.insert(0, str(REPO))
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from _machine import machine as machine_info  # noqa: E402
 from _stack import (  # noqa: E402
     Stack,
     add_stack_arguments,
@@ -567,6 +568,7 @@ def report(
         }
         | {"tasks": tasks},
         "machine": {
+            **machine_info(),
             "cpus": cpus,
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],

@@ -29,6 +29,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _machine import machine as machine_info  # noqa: E402
 
 from fusion.metrics import dice  # noqa: E402
 from ml_backend.cache import EmbeddingCache  # noqa: E402
@@ -137,6 +140,7 @@ def main() -> None:
     int8 = run(predictor, pairs, args.repeats)
     result = {
         "benchmark": "profile_encoder",
+        "machine": machine_info(),
         "threads": args.threads,
         "ops": args.ops,
         "per_channel": args.per_channel,
