@@ -36,7 +36,7 @@ def clicks_command(
         Path,
         typer.Option(help="Embedding cache file (.npz): computed once, reused by later runs."),
     ] = Path("click-embeddings.npz"),
-    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 150,
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 600,
     batch_size: Annotated[int, typer.Option(help="Structures per step (one round each).")] = 8,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (warm-up, cosine decay).")] = 2e-4,
     rounds: Annotated[int, typer.Option(help="Clicks per simulated episode.")] = 8,

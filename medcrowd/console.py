@@ -17,8 +17,10 @@ from rich.console import Console
 
 __all__ = ["LineProgress", "bars", "console", "err", "error", "progress"]
 
-console = Console()
-err = Console(stderr=True)
+# soft wrap: a long line stays one line (a terminal folds it for the eye; a log, a pipe or a
+# test keeps it whole) instead of being broken at 80 columns when there is no terminal
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def error(message: object) -> None:

@@ -56,7 +56,7 @@ class Structure:
 class ClickTrainOptions:
     """Options of :func:`train_clicks` (the CLI's ``--help`` documents each)."""
 
-    steps: int = 150
+    steps: int = 600
     batch_size: int = 8
     lr: float = 2e-4
     rounds: int = 8

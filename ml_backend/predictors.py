@@ -859,7 +859,7 @@ class LiteMedSAMClicksPredictor(LiteMedSAMPredictor):
             too (ONNX Runtime when the stock decoder is exported and it measured faster);
             ``"stock"`` answers it with the stock decoder's fast path, exactly as
             ``"litemedsam"``. The default was chosen on the held-out training-set structures
-            (box-only Dice 0.867 with the click decoder against 0.842 stock), not on the
+            (box-only Dice 0.862 with the shipped click decoder against 0.842 stock), not on the
             evaluation sets; docs/interactive.md has both on SAM-Med2D and DRIVE.
         click_onnx: the click decoder as one ONNX Runtime graph for every prompt mix (box,
             clicks, previous logits: :class:`_TokenDecoder`), or None.
