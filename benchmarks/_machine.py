@@ -1,4 +1,4 @@
-"""What machine a benchmark ran on: CPU model, vector extensions, load average.
+"""What machine a benchmark ran on: CPU model and vector extensions (and, printed, the load).
 
 Timings differ by CPU as much as by load (docs/performance.md, session 8: the same code gave a
 warm box p95 of 200 ms on an AVX2-only AMD EPYC and 94 ms on an AVX-512 + AMX Intel Xeon), so
@@ -15,8 +15,9 @@ _FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
 
 
 def machine() -> dict[str, Any]:
-    """``{"cpu": model name, "cpus": count, "flags": [the vector extensions found],
-    "loadavg": [1, 5, 15 min]}`` (Linux ``/proc/cpuinfo``; "unknown" elsewhere)."""
+    """``{"cpu": model name, "cpus": count, "flags": [the vector extensions found]}`` (Linux
+    ``/proc/cpuinfo``; "unknown" elsewhere). The load average is the caller's to record, at
+    the moments it means something (before and after a run)."""
     model, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -31,7 +32,6 @@ def machine() -> dict[str, Any]:
         "cpu": model,
         "cpus": os.cpu_count(),
         "flags": [f for f in _FLAGS if f in flags],
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -40,5 +40,5 @@ def describe() -> str:
     m = machine()
     return (
         f"machine: {m['cpu']}, {m['cpus']} CPUs ({' '.join(m['flags']) or 'no AVX2'}), "
-        f"load average {m['loadavg'][0]}"
+        f"load average {os.getloadavg()[0]:.2f}"
     )

@@ -248,9 +248,9 @@ def evaluate_command(
         except TestFolderError as exc:
             error(exc)
             raise typer.Exit(2) from None
-    # the Markdown table as written to table.md: never wrapped (a log or a pipe would
-    # otherwise get it cut at 80 columns) and never read as rich markup
-    console.print(report.table, markup=False, highlight=False, soft_wrap=True)
+    # the Markdown table as written to table.md, never read as rich markup (the console
+    # soft-wraps, so a log or a pipe gets its rows whole)
+    console.print(report.table, markup=False, highlight=False)
     console.print(f"wrote {out / 'table.md'}, {out / 'chart.png'}, {out / 'results.csv'}")
 
 
