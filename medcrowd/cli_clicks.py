@@ -60,6 +60,15 @@ def clicks_command(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Write a training checkpoint here every 50 steps.")
     ] = None,
+    images: Annotated[
+        str,
+        typer.Option(
+            help="Images drawn per training source, over the defaults: SOURCE=N,... (0 drops "
+            "one). Sources and defaults: shenzhen_cxr=30, bubil_cells=15, drive_train=8, "
+            "isbi2012_em=12, msd_spleen_ct=20, spleen_ct_bones=0 (bone by density on the "
+            "spleen volume's slices)."
+        ),
+    ] = "",
 ) -> None:
     """Fine-tune LiteMedSAM's prompt encoder + mask decoder for clicks on cached embeddings.
 
@@ -69,12 +78,15 @@ def clicks_command(
     """
     import os
 
-    from medcrowd.train_clicks import ClickTrainOptions, train_clicks
+    from medcrowd.train_clicks import ClickTrainOptions, parse_image_counts, train_clicks
 
     root = data or Path(
         os.environ.get("MEDCROWD_SHARED_DATA", Path.cwd().parent / "shared" / "data")
     )
+    with cli_errors():
+        counts = parse_image_counts(images, ClickTrainOptions().images)
     options = ClickTrainOptions(
+        images=counts,
         steps=steps,
         batch_size=batch_size,
         lr=lr,

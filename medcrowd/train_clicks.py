@@ -7,7 +7,13 @@ read), from the shared data folder (``MEDCROWD_SHARED_DATA``, ../shared/data/REA
 * ``bubil_cells``: the one cell per image (``GoldStandard``, object black);
 * ``drive/train``: the vessel tree of ``manual1``;
 * ``isbi2012_em``: cell interiors (label 255), a few connected components per slice;
-* ``msd_spleen_ct``: the spleen on each labelled axial slice (CT soft-tissue window).
+* ``msd_spleen_ct``: the spleen on each labelled axial slice (CT soft-tissue window);
+* ``spleen_ct_bones``: bone on the same volume's axial slices (same window), found by its
+  density: the connected components (≥ 60 px, the 2 largest per slice) of > 200 HU, the ribs
+  and the vertebra in this crop. No rater drew them; bone is the one CT structure a threshold
+  outlines reliably, and it gives the decoder CT structures beside the spleen. Off by default
+  (``--images spleen_ct_bones=20`` turns it on): trained with it, the decoder lost on
+  held-out structures of the other sources (docs/interactive.md, version 4).
 
 Images are drawn per set with the seed; a share of each set's images (``val_fraction``) is
 held out for the validation curve, never trained on. Each image's LiteMedSAM embedding is
@@ -36,10 +42,21 @@ __all__ = [
     "Structure",
     "embed_cached",
     "load_structures",
+    "parse_image_counts",
     "train_clicks",
 ]
 
-SOURCES = ("shenzhen_cxr", "bubil_cells", "drive_train", "isbi2012_em", "msd_spleen_ct")
+SOURCES = (
+    "shenzhen_cxr",
+    "bubil_cells",
+    "drive_train",
+    "isbi2012_em",
+    "msd_spleen_ct",
+    "spleen_ct_bones",
+)
+
+BONE_HU = 200.0
+"""``spleen_ct_bones``: voxels above this (HU) are bone."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,7 @@ class ClickTrainOptions:
             "drive_train": 8,
             "isbi2012_em": 12,
             "msd_spleen_ct": 20,
+            "spleen_ct_bones": 0,  # opt-in (--images spleen_ct_bones=20): not better
         }
     )
     threads: int | None = None
@@ -95,6 +113,30 @@ class ClickTrainReport:
     val_stock: list[float]
     val_trained: list[float]
     val_trained_stock_box: list[float]
+
+
+def parse_image_counts(text: str, defaults: dict[str, int]) -> dict[str, int]:
+    """``"SOURCE=N,SOURCE=N"`` over ``defaults`` (N = 0 drops a source).
+
+    Raises:
+        ValueError: an unknown source, a missing ``=`` or a count that is not an integer >= 0.
+    """
+    counts = dict(defaults)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in SOURCES:
+            raise ValueError(
+                f"--images: expected SOURCE=N with SOURCE one of {', '.join(SOURCES)}, got {item!r}"
+            )
+        try:
+            count = int(value)
+        except ValueError:
+            count = -1
+        if count < 0:
+            raise ValueError(f"--images: {name} needs a count >= 0, got {value.strip()!r}")
+        counts[name] = count
+    return counts
 
 
 def _components(mask: np.ndarray, keep: int, min_px: int) -> list[np.ndarray]:
@@ -204,6 +246,16 @@ def load_structures(
             k = labelled[int(j)]
             spleen = _components(label[k], keep=1, min_px=100)
             add(slices_u8[k], spleen, "msd_spleen_ct", f"spleen2_z{k}")
+    if images.get("spleen_ct_bones", 0) > 0:
+        from medcrowd.imaging import read_volume, window_to_uint8
+
+        base = folder("msd_spleen_ct")
+        ct = read_volume(base / "spleen2_ct.nii.gz").array
+        slices_u8 = window_to_uint8(ct, "CT", "soft_tissue")
+        picks = rng.choice(len(ct), size=min(images["spleen_ct_bones"], len(ct)), replace=False)
+        for k in sorted(int(j) for j in picks):
+            bones = _components(ct[k] > BONE_HU, keep=2, min_px=60)
+            add(slices_u8[k], bones, "spleen_ct_bones", f"spleen2_bone_z{k}")
     return out_images, structures, out_sources
 
 

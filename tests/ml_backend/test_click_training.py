@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from medcrowd.train_clicks import embed_cached, load_structures
+from medcrowd.train_clicks import (
+    SOURCES,
+    ClickTrainOptions,
+    embed_cached,
+    load_structures,
+    parse_image_counts,
+)
 from ml_backend.click_training import (
     ClickDecoderTrainer,
     load_click_weights,
@@ -55,6 +61,37 @@ def test_model_frame_mask_scales_the_longest_side_to_256_and_pads() -> None:
     out = model_frame_mask(mask, (128, 256))
     assert out.shape == (256, 256) and out.dtype == bool
     assert out[:128, :128].all() and not out[:128, 128:].any() and not out[128:].any()
+
+
+def test_image_counts_override_the_defaults_and_bad_ones_are_refused() -> None:
+    defaults = ClickTrainOptions().images
+    assert set(defaults) == set(SOURCES) and defaults["spleen_ct_bones"] == 0  # opt-in
+    counts = parse_image_counts("spleen_ct_bones=20, drive_train=0", defaults)
+    assert counts == {**defaults, "spleen_ct_bones": 20, "drive_train": 0}
+    assert parse_image_counts("", defaults) == defaults
+    for bad in ("sammed2d_demo=3", "drive_train", "drive_train=-1", "drive_train=two"):
+        with pytest.raises(ValueError, match="--images"):
+            parse_image_counts(bad, defaults)
+    from typer.testing import CliRunner
+
+    from medcrowd.cli import app
+
+    help_text = CliRunner().invoke(app, ["train", "clicks", "--help"], env={"COLUMNS": "200"})
+    for name, count in defaults.items():  # the help states the defaults the code uses
+        assert f"{name}={count}" in help_text.output
+
+
+def test_ct_bones_are_the_dense_components_of_the_spleen_volumes_slices(
+    shared_data: Path,
+) -> None:
+    images, structures, sources = load_structures(shared_data, {"spleen_ct_bones": 6}, seed=0)
+    assert 0 < len(images) <= 6 and set(sources) == {"spleen_ct_bones"}
+    per_image = np.bincount([s.image for s in structures])
+    assert per_image.max() <= 2  # the two largest components of a slice
+    for s in structures:
+        assert s.mask.sum() >= 60
+        # > 200 HU is white in the soft-tissue window (40 +- 200 HU)
+        assert np.median(images[s.image][..., 0][s.mask]) == 255
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +195,7 @@ def test_the_shipped_weights_match_their_json() -> None:
     assert meta["command"].startswith("medcrowd train clicks")
     assert meta["seed"] == meta["options"]["seed"] and meta["steps"] > 0
     used = set(meta["data"]["structures"])
-    assert used <= {"shenzhen_cxr", "bubil_cells", "drive_train", "isbi2012_em", "msd_spleen_ct"}
+    assert used <= set(SOURCES)  # training sets only: never sammed2d_demo or drive/test
     state, loaded = load_click_weights(CLICK_WEIGHTS)
     assert loaded == meta and all(v.dtype == torch.float32 for v in state.values())
 
