@@ -232,13 +232,14 @@ def load_structures(
             chosen = rng.choice(fit, size=min(3, fit.size), replace=False) if fit.size else fit
             cells = [labels == int(k) + 1 for k in sorted(chosen.tolist())]
             add(np.asarray(Image.open(p).convert("RGB")), cells, "isbi2012_em", f"em{p.stem}")
-    if images.get("msd_spleen_ct", 0) > 0:
+    if images.get("msd_spleen_ct", 0) > 0 or images.get("spleen_ct_bones", 0) > 0:
         from medcrowd.imaging import read_volume, window_to_uint8
 
         base = folder("msd_spleen_ct")
         ct = read_volume(base / "spleen2_ct.nii.gz").array
-        label = read_volume(base / "spleen2_label.nii.gz").array > 0
         slices_u8 = window_to_uint8(ct, "CT", "soft_tissue")
+    if images.get("msd_spleen_ct", 0) > 0:
+        label = read_volume(base / "spleen2_label.nii.gz").array > 0
         labelled = [int(k) for k in np.flatnonzero(label.reshape(len(label), -1).sum(1) >= 100)]
         picks = rng.choice(len(labelled), size=min(images["msd_spleen_ct"], len(labelled)),
                            replace=False)  # fmt: skip
@@ -247,11 +248,6 @@ def load_structures(
             spleen = _components(label[k], keep=1, min_px=100)
             add(slices_u8[k], spleen, "msd_spleen_ct", f"spleen2_z{k}")
     if images.get("spleen_ct_bones", 0) > 0:
-        from medcrowd.imaging import read_volume, window_to_uint8
-
-        base = folder("msd_spleen_ct")
-        ct = read_volume(base / "spleen2_ct.nii.gz").array
-        slices_u8 = window_to_uint8(ct, "CT", "soft_tissue")
         picks = rng.choice(len(ct), size=min(images["spleen_ct_bones"], len(ct)), replace=False)
         for k in sorted(int(j) for j in picks):
             bones = _components(ct[k] > BONE_HU, keep=2, min_px=60)
